@@ -1,0 +1,195 @@
+"""Image preprocessing: the one source of truth shared by training, evaluation, export and serving.
+
+Pure NumPy + Pillow (no torch import), so the gateway and the Triton preprocess model can use it
+without a training install.
+
+Pipeline (every stage is a function here):
+    decode_image(bytes) -> RGB uint8 HxWx3
+    resize_canonical(img, cfg) -> RGB uint8, shorter side ``cfg.short_side``, both sides multiples of 32
+    eval_crops(img, cfg) -> uint8 N x crop x crop x 3 (deterministic multi-crop)
+    random_crop(img, cfg, rng) -> uint8 crop x crop x 3 (training, with horizontal flip)
+
+Normalisation (mean / std) is *not* done here: it lives inside the network (``IQAModel.normalize``)
+and therefore inside the exported ONNX / TorchScript graphs, so every runtime feeds raw pixels.
+The score of an image is the mean of the scores of its evaluation crops.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "PreprocessConfig",
+    "decode_image",
+    "eval_crops",
+    "load_image_file",
+    "preprocess_bytes",
+    "random_crop",
+    "resize_canonical",
+]
+
+# Backbone strides: sides that are multiples of this keep every stride-2 input even, which is what
+# the static TF-"SAME" padding of the EfficientNet-Lite backbone was computed for.
+SIDE_MULTIPLE = 32
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image Pillow can decode (corrupt, truncated, or not an image)."""
+
+
+class ImageTooLargeError(ValueError):
+    """The decoded image exceeds the configured pixel budget (decompression-bomb guard)."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Preprocessing and score-scale settings that travel with a model (checkpoint, metadata.json)."""
+
+    short_side: int = 288
+    max_long_side: int = 512
+    crop_size: int = 224
+    num_eval_crops: int = 5
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    score_min: float = 0.0
+    score_max: float = 100.0
+    lower_is_better: bool = False
+    max_pixels: int = 50_000_000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.crop_size % SIDE_MULTIPLE or self.short_side % SIDE_MULTIPLE:
+            raise ValueError(f"crop_size and short_side must be multiples of {SIDE_MULTIPLE}")
+        if self.crop_size > self.short_side:
+            raise ValueError("crop_size must not exceed short_side")
+        if self.max_long_side < self.short_side:
+            raise ValueError("max_long_side must be >= short_side")
+        if self.num_eval_crops not in (1, 5, 9):
+            raise ValueError("num_eval_crops must be 1 (center), 5 (corners + center) or 9 (3x3 grid)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
+        d = dict(d)
+        for key in ("mean", "std"):
+            if key in d:
+                d[key] = tuple(float(v) for v in d[key])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def decode_image(data: bytes, max_pixels: int = PreprocessConfig.max_pixels) -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 HxWx3, applying EXIF orientation.
+
+    Alpha is composited on white (ad creatives are usually shown on white).
+    Raises ImageDecodeError / ImageTooLargeError with a message fit for a client.
+    """
+    if not data:
+        raise ImageDecodeError("empty image body")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageTooLargeError(f"image has {w * h} pixels, more than the limit of {max_pixels}")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb_array(im)
+    except (ImageTooLargeError, ImageDecodeError):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def load_image_file(path: str) -> np.ndarray:
+    """Read an image file from disk as RGB uint8 HxWx3 (same decoder as the gateway)."""
+    with open(path, "rb") as f:
+        return decode_image(f.read())
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise ImageDecodeError(f"unsupported image shape {arr.shape}")
+    return arr
+
+
+def canonical_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """Target (height, width): shorter side = cfg.short_side, longer side capped, both multiples of 32."""
+    short, long_ = min(height, width), max(height, width)
+    scale = cfg.short_side / short
+    new_long = min(long_ * scale, cfg.max_long_side)
+    new_long = max(cfg.short_side, int(round(new_long / SIDE_MULTIPLE)) * SIDE_MULTIPLE)
+    if height <= width:
+        return cfg.short_side, new_long
+    return new_long, cfg.short_side
+
+
+def resize_canonical(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Resize RGB uint8 HxWx3 to the canonical size (antialiased bicubic, Pillow)."""
+    th, tw = canonical_size(img.shape[0], img.shape[1], cfg)
+    if (img.shape[0], img.shape[1]) == (th, tw):
+        return np.ascontiguousarray(img)
+    im = Image.fromarray(img).resize((tw, th), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _crop_origins(height: int, width: int, crop: int, n: int) -> list[tuple[int, int]]:
+    cy, cx = (height - crop) // 2, (width - crop) // 2
+    if n == 1:
+        return [(cy, cx)]
+    ys, xs = [0, height - crop], [0, width - crop]
+    if n == 5:
+        return [(ys[0], xs[0]), (ys[0], xs[1]), (ys[1], xs[0]), (ys[1], xs[1]), (cy, cx)]
+    grid_y = [0, cy, height - crop]
+    grid_x = [0, cx, width - crop]
+    return [(y, x) for y in grid_y for x in grid_x]
+
+
+def eval_crops(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Deterministic evaluation crops of a canonical image: uint8 N x crop x crop x 3."""
+    h, w = img.shape[:2]
+    c = cfg.crop_size
+    if h < c or w < c:
+        raise ValueError(f"image {h}x{w} is smaller than the crop {c}; call resize_canonical first")
+    crops = [img[y : y + c, x : x + c] for y, x in _crop_origins(h, w, c, cfg.num_eval_crops)]
+    return np.ascontiguousarray(np.stack(crops, axis=0))
+
+
+def random_crop(img: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+    """Training augmentation: a random crop of a canonical image, flipped horizontally with p=0.5."""
+    h, w = img.shape[:2]
+    c = cfg.crop_size
+    y = int(rng.integers(0, h - c + 1))
+    x = int(rng.integers(0, w - c + 1))
+    out = img[y : y + c, x : x + c]
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def preprocess_bytes(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
+    """decode -> canonical resize -> eval crops: what the gateway and the Triton preprocess step run."""
+    return eval_crops(resize_canonical(decode_image(data, cfg.max_pixels), cfg), cfg)
