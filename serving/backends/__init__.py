@@ -1,0 +1,41 @@
+"""Inference backends by name; ``IQA_BACKEND`` picks one. A new runtime registers a factory here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+from serving.backends.base import Backend, ModelInfo
+from serving.errors import ModelLoadError
+from serving.settings import Settings
+
+if TYPE_CHECKING:  # model_store imports backends.base; keep the package import acyclic
+    from serving.model_store import ModelVersion
+
+__all__ = ["BACKENDS", "Backend", "BackendFactory", "ModelInfo", "create_backend"]
+
+BackendFactory: TypeAlias = "Callable[[ModelVersion, Settings], Backend]"
+
+
+def _onnxruntime(model: ModelVersion, settings: Settings) -> Backend:
+    from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(
+        model.model_path,
+        model.info,
+        intra_op_threads=settings.ort_intra_op_threads,
+        use_cuda=settings.ort_use_cuda,
+    )
+
+
+BACKENDS: dict[str, BackendFactory] = {"onnxruntime": _onnxruntime}
+
+
+def create_backend(model: ModelVersion, settings: Settings) -> Backend:
+    """Build (but do not load) the backend named by ``settings.backend`` for ``model``."""
+    try:
+        factory = BACKENDS[settings.backend]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise ModelLoadError(f"unknown backend '{settings.backend}' (IQA_BACKEND); known: {known}") from None
+    return factory(model, settings)

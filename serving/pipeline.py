@@ -1,0 +1,107 @@
+"""The one scoring pipeline, each stage timed: decode -> validate -> preprocess -> infer -> postprocess.
+
+Preprocessing is ``training.preprocessing`` (the same code training and export use), driven by the
+model's own ``PreprocessConfig`` from its metadata. The HTTP route and the tests both call
+``Scorer.score`` / ``score_image_bytes``, so a served score equals an in-process score of the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serving.backends.base import Backend
+from serving.errors import InternalError, InvalidImage, TooLarge
+from training.preprocessing import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    PreprocessConfig,
+    decode_image,
+    eval_crops,
+    resize_canonical,
+)
+
+__all__ = ["STAGES", "ScoreResult", "Scorer", "score_image_bytes"]
+
+STAGES = ("decode", "validate", "preprocess", "infer", "postprocess")
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One image's score, its number of crops and the seconds spent in each stage."""
+
+    score: float
+    crops: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - start
+
+
+class Scorer:
+    """Scores encoded image bytes with a loaded backend and the model's preprocessing config."""
+
+    def __init__(self, backend: Backend, cfg: PreprocessConfig, max_pixels: int | None = None) -> None:
+        self.backend = backend
+        self.cfg = cfg
+        self.max_pixels = min(cfg.max_pixels, max_pixels) if max_pixels else cfg.max_pixels
+
+    def score(self, data: bytes) -> ScoreResult:
+        """Run every stage; raises InvalidImage / TooLarge for bad input, never a bare decoder error."""
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            image = self._decode(data)
+        with _timed(timings, "validate"):
+            self._validate(image)
+        with _timed(timings, "preprocess"):
+            crops = eval_crops(resize_canonical(image, self.cfg), self.cfg)
+        with _timed(timings, "infer"):
+            scores = np.asarray(self.backend.infer(crops), dtype=np.float32).reshape(-1)
+        with _timed(timings, "postprocess"):
+            score = self._postprocess(scores, len(crops))
+        return ScoreResult(score=score, crops=len(crops), timings=timings)
+
+    def warm_up(self) -> None:
+        """One inference at the serving shape, so the first request does not pay for lazy init."""
+        c = self.cfg.crop_size
+        batch = np.full((self.cfg.num_eval_crops, c, c, 3), 128, dtype=np.uint8)
+        self._postprocess(np.asarray(self.backend.infer(batch), dtype=np.float32).reshape(-1), len(batch))
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        try:
+            return decode_image(data, self.max_pixels)
+        except ImageTooLargeError as exc:
+            raise TooLarge(str(exc)) from None
+        except ImageDecodeError as exc:
+            raise InvalidImage(str(exc)) from None
+
+    @staticmethod
+    def _validate(image: np.ndarray) -> None:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+            raise InvalidImage(f"decoded image has unsupported shape {image.shape}")
+
+    def _postprocess(self, scores: np.ndarray, n_crops: int) -> float:
+        if scores.shape != (n_crops,):
+            raise InternalError(f"model returned {scores.shape[0]} scores for {n_crops} crops")
+        score = float(np.mean(scores, dtype=np.float64))
+        if not math.isfinite(score):
+            raise InternalError("model returned a non-finite score")
+        return min(max(score, self.cfg.score_min), self.cfg.score_max)
+
+
+def score_image_bytes(
+    data: bytes, backend: Backend, cfg: PreprocessConfig, max_pixels: int | None = None
+) -> float:
+    """The score the gateway returns for ``data``: mean of the crop scores, clamped to the score range."""
+    return Scorer(backend, cfg, max_pixels).score(data).score

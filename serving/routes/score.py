@@ -1,0 +1,149 @@
+"""``POST /score``: one image in (multipart field ``file`` or the raw body), one quality score out.
+
+The body is read asynchronously under the byte limit; decoding, preprocessing and inference are
+blocking and run in the threadpool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from serving.deps import ScorerDep, SettingsDep
+from serving.errors import InvalidRequest, TooLarge, Unsupported
+
+__all__ = ["ScoreResponse", "router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["score"])
+
+FILE_FIELD = "file"
+_RAW_TYPES = ("application/octet-stream", "")
+_MULTIPART = "multipart/form-data"
+
+
+class ScoreResponse(BaseModel):
+    score: float
+    model: str
+    version: int
+    crops: int
+    timings: dict[str, float] | None = None
+
+
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            _MULTIPART: {
+                "schema": {
+                    "type": "object",
+                    "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
+                    "required": [FILE_FIELD],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/score",
+    response_model=ScoreResponse,
+    response_model_exclude_none=True,
+    openapi_extra=_OPENAPI_BODY,
+    responses={
+        400: {"description": "empty, corrupt or truncated image; malformed multipart"},
+        413: {"description": "body over IQA_MAX_BODY_BYTES or image over the pixel limit"},
+        415: {"description": "unsupported content type or no multipart 'file' part"},
+        503: {"description": "model not ready or backend unavailable"},
+    },
+)
+async def score(
+    request: Request, scorer: ScorerDep, settings: SettingsDep, timings: bool = False
+) -> ScoreResponse:
+    """Score one image; ``?timings=true`` adds the seconds spent in each pipeline stage."""
+    data = await read_image_payload(request, settings.max_body_bytes)
+    result = await run_in_threadpool(scorer.score, data)
+    info = scorer.backend.model_info
+    logger.debug(
+        "scored %d bytes: score=%.4f crops=%d timings=%s",
+        len(data),
+        result.score,
+        result.crops,
+        result.timings,
+    )
+    return ScoreResponse(
+        score=result.score,
+        model=info.name,
+        version=info.version,
+        crops=result.crops,
+        timings=result.timings if timings else None,
+    )
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _is_image_type(media_type: str) -> bool:
+    return media_type.startswith("image/") or media_type in _RAW_TYPES
+
+
+async def read_image_payload(request: Request, max_bytes: int) -> bytes:
+    """The encoded image from a multipart ``file`` part or the raw body; 413 past ``max_bytes``."""
+    media_type = _media_type(request.headers.get("content-type"))
+    if media_type != _MULTIPART and not _is_image_type(media_type):
+        raise Unsupported(
+            f"unsupported content type '{media_type[:80]}': send the image as multipart field "
+            f"'{FILE_FIELD}' or as a raw image/* or application/octet-stream body"
+        )
+    body = await _read_limited(request, max_bytes)
+    if media_type == _MULTIPART:
+        return await _file_part(request, body)
+    return body
+
+
+async def _read_limited(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def _file_part(request: Request, body: bytes) -> bytes:
+    parser = MultiPartParser(request.headers, _once(body), max_files=1, max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc.message}") from None
+    try:
+        part = form.get(FILE_FIELD)
+        if not isinstance(part, UploadFile):
+            raise Unsupported(f"multipart body needs a file part named '{FILE_FIELD}'")
+        if not _is_image_type(_media_type(part.content_type)):
+            raise Unsupported(
+                f"file part has unsupported content type '{_media_type(part.content_type)[:80]}'"
+            )
+        return await part.read()
+    finally:
+        await form.close()

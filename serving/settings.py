@@ -1,0 +1,45 @@
+"""Gateway settings: every knob is an ``IQA_*`` environment variable with a sane default."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Typed gateway configuration, read from ``IQA_``-prefixed environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="IQA_", extra="ignore", protected_namespaces=())
+
+    # Which model to serve: <model_repository>/<model_name>/<version>/{model.onnx,metadata.json}.
+    model_repository: Path = Path("model_repository")
+    model_name: str = Field("iqa", min_length=1)
+    model_version: str = Field("latest", pattern=r"^(latest|[0-9]+)$")
+    backend: str = "onnxruntime"
+
+    # Network.
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    log_level: LogLevel = "info"
+
+    # Request limits (the decoded-pixel limit is also capped by the model's own PreprocessConfig).
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(25_000_000, gt=0)
+
+    # ONNX Runtime. 0 threads = ONNX Runtime's default (one per physical core).
+    ort_intra_op_threads: int = Field(0, ge=0)
+    ort_use_cuda: bool = False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached); tests override this dependency or pass ``Settings`` in."""
+    return Settings()
