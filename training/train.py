@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -191,6 +192,12 @@ def main(args: argparse.Namespace) -> int:
         start_epoch = int(ckpt["epoch"]) + 1
         best_value = float(ckpt.get("best_value", -math.inf))
         best_epoch = int(ckpt.get("best_epoch", -1))
+        resumed_best = Path(cfg["train"]["resume"]).with_name("best.pt")
+        if not (out_dir / "best.pt").exists():
+            if resumed_best.is_file():
+                shutil.copyfile(resumed_best, out_dir / "best.pt")
+            else:  # no earlier best to compare against: the next epoch becomes the best
+                best_value, best_epoch = -math.inf, -1
         log.info("resumed from %s at epoch %d", cfg["train"]["resume"], start_epoch)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", resume=bool(cfg["train"]["resume"]))
 
