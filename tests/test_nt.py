@@ -125,3 +125,19 @@ def test_reg_fraction_uses_part_of_batch() -> None:
 def test_config_rejects_bad_values(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         NTConfig(**kwargs)
+
+
+def test_model_registry_refuses_duplicates_and_drops_none() -> None:
+    from training.models import create_model, list_models, register_model
+
+    assert "effnet_lite0" in list_models("effnet_*")
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_model
+        def effnet_lite0() -> None:
+            return None
+
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope")
+    model = create_model("effnet_lite0", backbone_weights="none", head_hidden=None)
+    assert model.head.fc1.out_features == 128  # None did not override the default

@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "optim": {
         "loss": "l1",  # l1 | mse | smooth_l1
-        "lr": 3e-4,
+        "lr": 1e-4,
         "head_lr_mult": 10.0,
         "weight_decay": 1e-4,
         "epochs": 6,

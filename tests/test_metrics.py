@@ -1,0 +1,176 @@
+"""IQA metrics against hand-computed values, the R robustness (incl. an argument-swap trap) and the
+exact vs finite-difference gradient norms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.iqa_fixtures import degraded_test_set, small_trained_model
+from training.metrics import (
+    attack_metrics,
+    fit_logistic_4param,
+    grad_norm_fd,
+    grad_norm_l1,
+    grad_norm_report,
+    iqa_metrics,
+    krocc,
+    logistic_4param,
+    plcc,
+    r_robustness,
+    rmse,
+    srocc,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- accuracy metrics on tiny arrays ----------------------------------------------------------
+
+
+def test_rmse_hand_value() -> None:
+    assert rmse([1, 2, 3], [1, 2, 5]) == pytest.approx(math.sqrt(4 / 3))
+    assert rmse(torch.tensor([0.0, 10.0]), np.array([0.0, 10.0])) == 0.0
+
+
+def test_srocc_hand_value() -> None:
+    # ranks differ by d = (0, 1, −1, 0): 1 − 6·2 / (4·15) = 0.8 (Eq. S9)
+    assert srocc([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert srocc([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+
+
+def test_krocc_hand_value() -> None:
+    # 6 pairs, one discordant (2↔3): (5 − 1) / 6 (Eq. S10)
+    assert krocc([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+
+
+def test_plcc_hand_value() -> None:
+    # f − f̄ = (−1, 0, 1), y − ȳ = (−4/3, −1/3, 5/3): cov 3, var 2 and 42/9 → 9/√84 (Eq. S11)
+    assert plcc([1, 2, 3], [1, 2, 4]) == pytest.approx(9 / math.sqrt(84))
+
+
+def test_plcc_after_logistic_fit() -> None:
+    pred = np.linspace(-5, 5, 25)
+    target = logistic_4param(pred, 90.0, 10.0, 0.5, 1.5)
+    assert plcc(pred, target) < 0.99
+    assert plcc(pred, target, fit_logistic=True) == pytest.approx(1.0, abs=1e-6)
+    b1, b2, b3, b4 = fit_logistic_4param(pred, target)
+    assert (b1, b2, b3, abs(b4)) == pytest.approx((90.0, 10.0, 0.5, 1.5), rel=1e-3)
+
+
+def test_iqa_metrics_keys_and_length_check() -> None:
+    out = iqa_metrics([1, 2, 3, 4], [1, 3, 2, 4])
+    assert set(out) == {"rmse", "srocc", "plcc", "krocc"}
+    with pytest.raises(ValueError, match="length mismatch"):
+        rmse([1, 2], [1, 2, 3])
+
+
+# --- R robustness -----------------------------------------------------------------------------
+
+CLEAN = [20.0, 90.0]
+ADV = [30.0, 89.0]
+# Eq. S12 with β1 = 100, β2 = 0, log10:
+#   image 1: max(100 − 20, 20 − 0) / |20 − 30| = 80 / 10 → log10 8
+#   image 2: max(100 − 90, 90 − 0) / |90 − 89| = 90 / 1 → log10 90
+R_HAND = (math.log10(8) + math.log10(90)) / 2  # 1.428666...
+
+
+def test_r_robustness_hand_value() -> None:
+    assert r_robustness(CLEAN, ADV) == pytest.approx(R_HAND)
+    assert pytest.approx(1.4286662, abs=1e-6) == R_HAND
+
+
+def _r_swapped(clean: list[float], adv: list[float]) -> float:
+    """The peer bug: the adversarial score in the numerator."""
+    return r_robustness(adv, clean)
+
+
+def test_r_robustness_argument_swap_is_caught() -> None:
+    # Swapped: max(70, 30)/10 → log10 7 and max(11, 89)/1 → log10 89: 1.3969..., not 1.4287...
+    assert _r_swapped(CLEAN, ADV) == pytest.approx((math.log10(7) + math.log10(89)) / 2)
+    assert _r_swapped(CLEAN, ADV) != pytest.approx(R_HAND, abs=1e-3)
+
+
+def test_r_robustness_zero_change_floor_and_monotonicity() -> None:
+    assert r_robustness([50.0], [50.0]) == pytest.approx(math.log10(50 / 1e-4))
+    assert math.isfinite(r_robustness([0.0, 100.0], [0.0, 100.0]))
+    assert r_robustness([40.0], [45.0]) > r_robustness([40.0], [60.0])  # smaller change: more robust
+    with pytest.raises(ValueError):
+        r_robustness([1.0], [2.0], beta1=0.0, beta2=0.0)
+
+
+def test_attack_metrics_both_ways() -> None:
+    mos = [10.0, 40.0, 60.0, 90.0]
+    clean = [15.0, 35.0, 65.0, 85.0]
+    adv = [60.0, 50.0, 30.0, 20.0]  # L_mid-like: order reversed
+    out = attack_metrics(mos, clean, adv)
+    assert out["mos_vs_adv"]["srocc"] == pytest.approx(-1.0)
+    assert out["clean_vs_adv"]["srocc"] == pytest.approx(-1.0)
+    assert out["mos_vs_clean"]["srocc"] == pytest.approx(1.0)
+    assert out["mos_vs_adv"]["rmse"] == pytest.approx(rmse(adv, mos))
+    assert out["clean_vs_adv"]["rmse"] == pytest.approx(rmse(adv, clean))
+    assert out["r"] == pytest.approx(r_robustness(clean, adv))
+    assert out["mean_abs_delta"] == pytest.approx(np.mean(np.abs(np.subtract(adv, clean))))
+
+
+# --- gradient norms ---------------------------------------------------------------------------
+
+
+class _Linear(nn.Module):
+    """f(x) = wᵀx + b, whose input gradient is w everywhere: ‖∇ₓf‖₁ = ‖w‖₁."""
+
+    def __init__(self, shape: tuple[int, int, int], seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.w = nn.Parameter(torch.randn(shape, generator=gen))
+        self.b = nn.Parameter(torch.tensor(50.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.w).flatten(1).sum(1) + self.b
+
+
+def test_grad_norms_exact_on_linear_model() -> None:
+    model = _Linear((3, 8, 8))
+    x = 0.1 + 0.8 * torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))  # x ± h in [0, 1]
+    expected = float(model.w.detach().abs().sum())
+    exact = grad_norm_l1(model, x)
+    fd = grad_norm_fd(model, x, h=0.01)
+    assert torch.allclose(exact, torch.full((5,), expected), rtol=1e-5)
+    assert torch.allclose(fd, torch.full((5,), expected), rtol=1e-3)
+    assert model.w.grad is None and model.b.grad is None
+
+
+def test_grad_norm_fd_clamp_at_box_edge() -> None:
+    """At x = 1 the positive part of the step is clamped away, so FD underestimates: documented."""
+    model = _Linear((3, 4, 4))
+    x = torch.ones(1, 3, 4, 4)
+    assert float(grad_norm_fd(model, x, h=0.01)[0]) < float(grad_norm_l1(model, x)[0])
+
+
+def test_grad_norm_report_small_model() -> None:
+    model = small_trained_model(0)
+    model.train()
+    x, _ = degraded_test_set(32, 64)
+    loader = [(x[:16], None), (x[16:], None)]
+    report = grad_norm_report(model, loader, h=1e-3)
+    assert model.training  # mode put back
+    model.eval()
+    assert len(report["exact"]) == len(report["fd"]) == 32
+    # At h = 1e-3 the finite difference tracks the exact norm of the ReLU net closely (at NT's
+    # h = 0.01 this tiny, very steep model is already non-linear over the step: ρ ≈ 0.5).
+    assert report["pearson"] > 0.9 and report["spearman"] > 0.9
+    assert report["median_exact"] == pytest.approx(float(np.median(report["exact"])))
+    assert report["median_exact"] > 0
+    assert all(p.grad is None for p in model.parameters())
+    from_tensor = grad_norm_report(model, x, h=1e-3, batch_size=8)
+    assert from_tensor["exact"] == pytest.approx(report["exact"], rel=1e-4)

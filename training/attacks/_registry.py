@@ -1,0 +1,33 @@
+"""Attack registry by name, shared by the evaluation script, the gate and the gateway's probe."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from training.attacks.base import Attack
+from training.registry import Registry
+
+__all__ = ["create_attack", "is_attack", "list_attacks", "register_attack"]
+
+_ATTACKS: Registry[Attack] = Registry("attack")
+
+A = TypeVar("A", bound=type[Attack])
+
+
+def register_attack(cls: A) -> A:
+    """Class decorator: register an ``Attack`` subclass under its ``name``; a duplicate is an error."""
+    _ATTACKS.register(cls.name, cls)
+    return cls
+
+
+def is_attack(name: str) -> bool:
+    return name in _ATTACKS
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    return _ATTACKS.names(pattern)
+
+
+def create_attack(name: str, **params: Any) -> Attack:
+    """Build a registered attack; ``None`` parameters are dropped."""
+    return _ATTACKS.create(name, **params)

@@ -1,0 +1,208 @@
+"""The common attack base: device, train/eval mode, 8-bit delivery and the ℓ∞ projection.
+
+Every attack is called as ``attack(model, x) -> x_adv``:
+
+* ``x`` is float N×3×H×W RGB in [0, 1] (the ``IQAModel`` input); it is moved to the device of the
+  model's parameters, and ``x_adv`` comes back on that device, detached.
+* The model runs in eval mode during the attack and its train/eval mode is put back afterwards.
+* Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so no parameter ``.grad``
+  is ever created or accumulated.
+* A real attacker must deliver an image file, so after the attack's own ``perturb`` the result is
+  quantized to 8 bits (``quantize_in_ball``) such that ``‖x_adv − x‖∞ ≤ ε`` and ``x_adv ∈ [0, 1]``
+  still hold exactly; see that function for the rounding rule.
+* Attacks maximize an objective of the raw model output ``model(x)`` (``forward``, not the clamped
+  ``score``: the clamp would zero the gradient outside the score range).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from training.attacks.objectives import Objective
+
+__all__ = [
+    "Attack",
+    "eval_mode",
+    "input_gradient",
+    "iter_image_batches",
+    "model_device",
+    "predict",
+    "project_linf",
+    "quantize_8bit",
+    "quantize_in_ball",
+    "score_midpoint",
+    "sign_ascent",
+    "validate_images",
+]
+
+# Tolerance (in 1/255 units) when locating the 8-bit grid points inside the ε-ball: absorbs float
+# error such as 255·(x − 4/255) = 2.9999998 for x on the grid. Worst case it lets a pixel sit
+# 1e-4/255 ≈ 4e-7 outside the ball, far below the 1/255 resolution of an image file.
+_GRID_TOL = 1e-4
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for a parameter-free module."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def score_midpoint(model: nn.Module) -> float:
+    """Midpoint of the model's score range (50 on [0, 100]): the L_mid switch point (Eq. S20)."""
+    cfg = getattr(model, "preprocess_cfg", None)
+    if cfg is None:
+        return 50.0
+    return 0.5 * (float(cfg.score_min) + float(cfg.score_max))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode and put its previous train/eval mode back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Raw model output as a flat (N,) tensor."""
+    return model(x).reshape(x.shape[0])
+
+
+def validate_images(x: torch.Tensor) -> None:
+    """Raise ValueError unless x is a float N×3×H×W batch in [0, 1]."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise ValueError("attack input must be a float RGB tensor of shape N x 3 x H x W")
+    if x.numel() and (x.min() < -1e-6 or x.max() > 1 + 1e-6):
+        raise ValueError("attack input must be in [0, 1]")
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
+    """Project onto {‖x_adv − x‖∞ ≤ eps} ∩ [0, 1] (eps None: the box only)."""
+    if eps is not None:
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
+    return x_adv.clamp(0.0, 1.0)
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """round(x·255)/255, clamped to [0, 1]."""
+    return torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0
+
+
+def quantize_in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None) -> torch.Tensor:
+    """Quantize x_adv to the 8-bit grid while keeping ‖x_adv − x‖∞ ≤ eps and x_adv ∈ [0, 1].
+
+    Per pixel the admissible interval is [max(0, x − eps), min(1, x + eps)]. x_adv is rounded to the
+    nearest 8-bit level and then clamped to the grid levels inside that interval; this equals plain
+    rounding whenever rounding stays in the ball, and otherwise floors/ceils x_adv *toward x* (the
+    case ε not a multiple of 1/255, e.g. FGSM's ε = 0.005 = 1.275/255 delivers a 1/255 step).
+    If x itself is on the 8-bit grid (real images are) the interval always contains a grid level, so
+    the bound holds exactly. For an off-grid x with ε < 1/255 the interval may contain no level; those
+    pixels take the level nearest to x (the bound then holds only up to 1/(2·255)).
+    """
+    x_adv = project_linf(x_adv, x, eps)
+    lo = (x - eps).clamp(0.0, 1.0) if eps is not None else torch.zeros_like(x)
+    hi = (x + eps).clamp(0.0, 1.0) if eps is not None else torch.ones_like(x)
+    lo_level = torch.ceil(lo * 255.0 - _GRID_TOL)
+    hi_level = torch.floor(hi * 255.0 + _GRID_TOL)
+    q = torch.round(x_adv * 255.0)
+    q = torch.min(torch.max(q, lo_level), hi_level)
+    empty = lo_level > hi_level
+    if bool(empty.any()):
+        q = torch.where(empty, torch.round(x * 255.0), q)
+    return q.clamp(0.0, 255.0) / 255.0
+
+
+def input_gradient(model: nn.Module, x: torch.Tensor, objective: Objective, y: torch.Tensor) -> torch.Tensor:
+    """∇ₓ Σᵢ objective(f(xᵢ), yᵢ) by ``torch.autograd.grad`` (input only; no parameter .grad)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        loss = objective(predict(model, x), y).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def sign_ascent(
+    model: nn.Module,
+    x: torch.Tensor,
+    objective: Objective,
+    y: torch.Tensor,
+    eps: float,
+    alpha: float,
+    steps: int,
+    x_init: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Projected ℓ∞ steepest ascent: x ← Π_ε(x + α·mask·sign(∇ₓ objective)), ``steps`` times.
+
+    Shared by FGSM / I-FGSM / PGD (mask None) and the Korhonen attack (mask = texture map).
+    """
+    x_adv = x.clone() if x_init is None else project_linf(x_init, x, eps)
+    for _ in range(steps):
+        step = alpha * input_gradient(model, x_adv, objective, y).sign()
+        if mask is not None:
+            step = step * mask
+        x_adv = project_linf(x_adv + step, x, eps)
+    return x_adv.detach()
+
+
+def iter_image_batches(data: torch.Tensor | Iterable[Any], batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """Yield image batches from a tensor (split into ``batch_size`` chunks) or from an iterable of
+    tensors / (images, ...) tuples / {"image": ...} dicts (a DataLoader)."""
+    if isinstance(data, torch.Tensor):
+        if data.ndim == 3:
+            data = data.unsqueeze(0)
+        yield from torch.split(data, batch_size)
+        return
+    for item in data:
+        if isinstance(item, torch.Tensor):
+            yield item
+        elif isinstance(item, dict):
+            yield item["image"]
+        elif isinstance(item, (tuple, list)):
+            yield item[0]
+        else:
+            raise TypeError(f"cannot take an image batch from a {type(item).__name__}")
+
+
+class Attack(ABC):
+    """Base of every attack. Subclasses set ``name``, implement ``perturb`` and call
+    ``super().__init__(eps)`` where ``eps`` is the ℓ∞ budget used by the final 8-bit projection
+    (None: no ℓ∞ budget, only [0, 1], e.g. the perceptual attack)."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, eps: float | None) -> None:
+        if eps is not None and not (0.0 < eps <= 1.0 and math.isfinite(eps)):
+            raise ValueError(f"{type(self).__name__}: eps must be in (0, 1], got {eps}")
+        self.eps = eps
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Return the (continuous) adversarial batch for ``x``; model is already in eval mode and
+        ``x`` on its device."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        validate_images(x)
+        x = x.detach().to(model_device(model), torch.float32)
+        with eval_mode(model):
+            x_adv = self.perturb(model, x)
+        return quantize_in_ball(x_adv.detach(), x, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

@@ -1,0 +1,102 @@
+"""FGSM and I-FGSM on the raw IQA score (NT paper, supplement Eq. S18-S22, Table S7).
+
+Threat model (white-box): ℓ∞ ball of radius ε around x, intersected with [0, 1], delivered as an
+8-bit image. Objective (maximized): L_mid by default (Eq. S20), or MAE / MSE against the clean
+prediction (Eq. S21-S22).
+
+* ``fgsm``: one step x + α·sign(∇ₓL) projected onto the ε-ball; Table S7: ε = 0.005, α = 0.01
+  (α > ε, so the step is clipped to ε·sign(∇ₓL)). On the 8-bit grid ε = 0.005 is a 1/255 step.
+* ``ifgsm``: K steps of size α, each projected onto the ε-ball and [0, 1] (Eq. S19); α defaults to
+  2.5·ε/K (the Madry et al. rule, so the iterate can reach the boundary and move along it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from training.attacks._registry import register_attack
+from training.attacks.base import Attack, predict, score_midpoint, sign_ascent
+from training.attacks.objectives import check_objective, make_objective
+from training.attacks.quality import adversarial_quality, score_images
+
+__all__ = ["FGSM", "IFGSM", "intensity_sweep"]
+
+
+@register_attack
+class IFGSM(Attack):
+    """I-FGSM (white-box). ℓ∞, ε = 0.005 (default), K = ``steps`` = 10 steps of α = 2.5·ε/K,
+    objective ``mid`` (L_mid) | ``mae`` | ``mse``, no random start."""
+
+    name: ClassVar[str] = "ifgsm"
+
+    def __init__(
+        self, eps: float = 0.005, steps: int = 10, alpha: float | None = None, objective: str = "mid"
+    ) -> None:
+        super().__init__(eps)
+        if steps < 1:
+            raise ValueError("steps must be >= 1")
+        self.steps = int(steps)
+        self.alpha = float(alpha) if alpha is not None else 2.5 * eps / self.steps
+        if self.alpha <= 0:
+            raise ValueError("alpha must be > 0")
+        self.objective = check_objective(objective)
+
+    def initial_point(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Starting point of the ascent (None: x itself). PGD overrides this with a random start."""
+        return None
+
+    def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        assert self.eps is not None
+        objective = make_objective(self.objective, score_midpoint(model))
+        with torch.no_grad():
+            y = predict(model, x)
+        return sign_ascent(
+            model, x, objective, y, self.eps, self.alpha, self.steps, x_init=self.initial_point(x)
+        )
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, steps={self.steps}, alpha={self.alpha}, objective={self.objective!r}"
+
+
+@register_attack
+class FGSM(IFGSM):
+    """FGSM (white-box). ℓ∞, ε = 0.005, one step of α = 0.01 clipped to the ε-ball (Table S7),
+    objective ``mid`` (L_mid, Eq. S20) | ``mae`` | ``mse``."""
+
+    name: ClassVar[str] = "fgsm"
+
+    def __init__(self, eps: float = 0.005, alpha: float = 0.01, objective: str = "mid") -> None:
+        super().__init__(eps=eps, steps=1, alpha=alpha, objective=objective)
+
+
+def intensity_sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps_list: list[float],
+    iters_list: list[int],
+    objective: str = "mid",
+) -> list[dict[str, Any]]:
+    """Attack intensity vs. robustness (NT paper, Sec. 5.4 / Fig. 6): I-FGSM for every (ε, K).
+
+    Returns one dict per pair: ``eps``, ``iters``, ``mean_abs_delta`` (mean |f(x_adv) − f(x)| on the
+    served, clamped score) and ``mean_ssim`` (the paper quantifies intensity by SSIM).
+    """
+    clean = score_images(model, x)
+    rows: list[dict[str, Any]] = []
+    for eps in eps_list:
+        for iters in iters_list:
+            x_adv = IFGSM(eps=eps, steps=iters, objective=objective)(model, x)
+            adv = score_images(model, x_adv)
+            quality = adversarial_quality(x.to(x_adv.device), x_adv)
+            rows.append(
+                {
+                    "eps": float(eps),
+                    "iters": int(iters),
+                    "mean_abs_delta": float((adv - clean).abs().mean()),
+                    "mean_ssim": float(quality["ssim"].mean()),
+                }
+            )
+    return rows
