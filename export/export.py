@@ -72,25 +72,37 @@ class ExportResult:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Export an IQA checkpoint to a Triton model repository",
-                                     add_help=True)
+    parser = argparse.ArgumentParser(
+        description="Export an IQA checkpoint to a Triton model repository", add_help=True
+    )
     src = parser.add_argument_group("source")
     src.add_argument("--checkpoint", required=True, help="checkpoint written by training (training/utils.py)")
-    src.add_argument("--allow-ungated", action="store_true",
-                     help="export even if the checkpoint failed the acceptance gate")
+    src.add_argument(
+        "--allow-ungated",
+        action="store_true",
+        help="export even if the checkpoint failed the acceptance gate",
+    )
     out = parser.add_argument_group("model repository")
     out.add_argument("--model-repository", default="model_repository", help="Triton model repository root")
     out.add_argument("--name", default="iqa", help="model folder name (= Triton model name)")
-    out.add_argument("--version", type=_positive_int, default=None,
-                     help="version folder number (default: one above the highest existing)")
+    out.add_argument(
+        "--version",
+        type=_positive_int,
+        default=None,
+        help="version folder number (default: one above the highest existing)",
+    )
     out.add_argument("--force", action="store_true", help="replace an existing version folder")
-    out.add_argument("--max-batch-size", type=_positive_int, default=DEFAULT_MAX_BATCH_SIZE,
-                     help="Triton max_batch_size")
+    out.add_argument(
+        "--max-batch-size", type=_positive_int, default=DEFAULT_MAX_BATCH_SIZE, help="Triton max_batch_size"
+    )
     chk = parser.add_argument_group("graph and checks")
     chk.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    chk.add_argument("--images", default=None,
-                     help="parity images: a folder or a manifest CSV (its test split); "
-                          "default: scikit-image sample photos")
+    chk.add_argument(
+        "--images",
+        default=None,
+        help="parity images: a folder or a manifest CSV (its test split); "
+        "default: scikit-image sample photos",
+    )
     return parser
 
 
@@ -102,24 +114,19 @@ def _positive_int(text: str) -> int:
 
 
 def check_gate(ckpt: Mapping[str, Any], allow_ungated: bool) -> dict[str, Any] | None:
-    """The acceptance-gate verdict to record; refuses a failed verdict unless ``allow_ungated``.
+    """The acceptance-gate verdict to record. An ungated or failed checkpoint is refused, with the
+    reason (training.gate.verify_gate: "ungated" or the failing rows), unless ``allow_ungated``."""
+    from training.gate import verify_gate
 
-    A checkpoint without a verdict is exported with a warning (the gate lands in a later issue, which
-    tightens this function and nothing else)."""
+    ok, reason = verify_gate(ckpt)
     gate = ckpt.get("gate")
-    if gate is None:
-        logger.warning("checkpoint has no acceptance-gate verdict; exporting it ungated")
-        return None
-    if not isinstance(gate, Mapping):
-        raise ExportError(f"checkpoint 'gate' must be a dict or absent, not {type(gate).__name__}")
-    if gate.get("passed") is not True:
-        reason = gate.get("reason") or "no reason recorded"
-        if not allow_ungated:
-            raise ExportError(f"checkpoint did not pass the acceptance gate ({reason}); "
-                              "pass --allow-ungated to export it anyway")
-        logger.warning("checkpoint did not pass the acceptance gate (%s); exporting it because of "
-                       "--allow-ungated", reason)
-    return dict(gate)
+    if ok:
+        logger.info("acceptance gate: %s", reason)
+    elif not allow_ungated:
+        raise ExportError(f"refusing to export: {reason}; pass --allow-ungated to export it anyway")
+    else:
+        logger.warning("exporting despite the acceptance gate (--allow-ungated): %s", reason)
+    return dict(gate) if isinstance(gate, Mapping) else None
 
 
 def _next_version(model_dir: Path) -> int:
@@ -149,8 +156,10 @@ def export_version(args: argparse.Namespace) -> ExportResult:
     version = args.version or _next_version(model_dir)
     version_dir = model_dir / str(version)
     if version_dir.exists() and not args.force:
-        raise ExportError(f"version {version} already exists at {version_dir}; "
-                          "choose a new --version (or --force to replace it)")
+        raise ExportError(
+            f"version {version} already exists at {version_dir}; "
+            "choose a new --version (or --force to replace it)"
+        )
     checkpoint_path = Path(args.checkpoint)
     ckpt = load_checkpoint(checkpoint_path)
     gate = check_gate(ckpt, args.allow_ungated)
@@ -169,24 +178,40 @@ def export_version(args: argparse.Namespace) -> ExportResult:
         artifacts = artifact_digests(staging, names)
         seconds = time.perf_counter() - started
         meta = build_metadata(
-            name=args.name, version=version, ckpt=ckpt, checkpoint_path=checkpoint_path,
-            preprocess=model.preprocess_cfg, gate=gate, allow_ungated=args.allow_ungated,
+            name=args.name,
+            version=version,
+            ckpt=ckpt,
+            checkpoint_path=checkpoint_path,
+            preprocess=model.preprocess_cfg,
+            gate=gate,
+            allow_ungated=args.allow_ungated,
             io=_io_contract(model.preprocess_cfg.score_min, model.preprocess_cfg.score_max),
-            exporters={"onnx": {"exporter": onnx_info.exporter, "opset": onnx_info.opset},
-                       "torchscript": "torch.jit.trace",
-                       "program": "torch.export" if program_path else None},
-            parity=report.to_dict(), artifacts=artifacts,
-            exported_at=datetime.now(UTC).isoformat(timespec="seconds"), export_seconds=seconds,
+            exporters={
+                "onnx": {"exporter": onnx_info.exporter, "opset": onnx_info.opset},
+                "torchscript": "torch.jit.trace",
+                "program": "torch.export" if program_path else None,
+            },
+            parity=report.to_dict(),
+            artifacts=artifacts,
+            exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            export_seconds=seconds,
         )
         write_metadata(meta, staging / METADATA_FILE)
         _publish(staging, version_dir, args.force)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    configs = write_triton_configs(model_dir, crop_size=model.preprocess_cfg.crop_size,
-                                   max_batch_size=args.max_batch_size)
-    return ExportResult(version_dir=version_dir, configs=configs, artifacts=artifacts, onnx=onnx_info,
-                        parity=report, seconds=seconds)
+    configs = write_triton_configs(
+        model_dir, crop_size=model.preprocess_cfg.crop_size, max_batch_size=args.max_batch_size
+    )
+    return ExportResult(
+        version_dir=version_dir,
+        configs=configs,
+        artifacts=artifacts,
+        onnx=onnx_info,
+        parity=report,
+        seconds=seconds,
+    )
 
 
 def _export_program_if_possible(model: nn.Module, path: Path) -> Path | None:
@@ -194,8 +219,11 @@ def _export_program_if_possible(model: nn.Module, path: Path) -> Path | None:
     try:
         return export_program(model, path)
     except Exception as exc:  # any torch.export failure: skip the optional artifact, say why
-        logger.warning("torch.export program not written (%s: %s)", type(exc).__name__,
-                       next(iter(str(exc).splitlines()), ""))
+        logger.warning(
+            "torch.export program not written (%s: %s)",
+            type(exc).__name__,
+            next(iter(str(exc).splitlines()), ""),
+        )
         path.unlink(missing_ok=True)
         return None
 
@@ -203,12 +231,30 @@ def _export_program_if_possible(model: nn.Module, path: Path) -> Path | None:
 def _io_contract(score_min: float, score_max: float) -> dict[str, Any]:
     score = {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N"], "range": [score_min, score_max]}
     return {
-        "onnx": {"inputs": [{"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", "H", "W", 3],
-                             "layout": "NHWC RGB", "range": [0, 255]}],
-                 "outputs": [score]},
-        "torch": {"inputs": [{"name": "x", "dtype": "float32", "shape": ["N", 3, "H", "W"],
-                              "layout": "NCHW RGB", "range": [0.0, 1.0]}],
-                  "outputs": [score]},
+        "onnx": {
+            "inputs": [
+                {
+                    "name": INPUT_NAME,
+                    "dtype": "uint8",
+                    "shape": ["N", "H", "W", 3],
+                    "layout": "NHWC RGB",
+                    "range": [0, 255],
+                }
+            ],
+            "outputs": [score],
+        },
+        "torch": {
+            "inputs": [
+                {
+                    "name": "x",
+                    "dtype": "float32",
+                    "shape": ["N", 3, "H", "W"],
+                    "layout": "NCHW RGB",
+                    "range": [0.0, 1.0],
+                }
+            ],
+            "outputs": [score],
+        },
     }
 
 
@@ -220,16 +266,22 @@ def _configure_logging() -> None:
 
 def _summary(result: ExportResult) -> str:
     p = result.parity
-    lines = [f"exported {result.version_dir} in {result.seconds:.1f} s "
-             f"(ONNX via {result.onnx.exporter}, opset {result.onnx.opset})"]
-    lines += [f"  {name:<14} {info['bytes']:>11,d} B  sha256 {info['sha256'][:16]}"
-              for name, info in result.artifacts.items()]
+    lines = [
+        f"exported {result.version_dir} in {result.seconds:.1f} s "
+        f"(ONNX via {result.onnx.exporter}, opset {result.onnx.opset})"
+    ]
+    lines += [
+        f"  {name:<14} {info['bytes']:>11,d} B  sha256 {info['sha256'][:16]}"
+        for name, info in result.artifacts.items()
+    ]
     lines += [f"  {path}" for path in result.configs.values()]
     program = "n/a" if p.program_crops_max_abs_diff is None else f"{p.program_crops_max_abs_diff:.2e}"
-    lines.append(f"parity on {len(p.images)} images / {p.n_crops} crops of {p.crop_size}px, max |diff| "
-                 f"(tolerance {p.tolerance:g}): ONNX crops {p.onnx_crops_max_abs_diff:.2e}, "
-                 f"ONNX full images {p.onnx_full_max_abs_diff:.2e}, "
-                 f"TorchScript {p.torchscript_crops_max_abs_diff:.2e}, torch.export {program}")
+    lines.append(
+        f"parity on {len(p.images)} images / {p.n_crops} crops of {p.crop_size}px, max |diff| "
+        f"(tolerance {p.tolerance:g}): ONNX crops {p.onnx_crops_max_abs_diff:.2e}, "
+        f"ONNX full images {p.onnx_full_max_abs_diff:.2e}, "
+        f"TorchScript {p.torchscript_crops_max_abs_diff:.2e}, torch.export {program}"
+    )
     return "\n".join(lines)
 
 

@@ -70,10 +70,16 @@ def _write_checkpoint(path: Path, model_name: str = "effnet_lite0") -> Path:
     model = _calibrate(model, SMALL_CFG.crop_size)
     val_scores = np.random.default_rng(0).uniform(20, 80, size=64).tolist()
     ckpt: dict[str, Any] = {
-        "model": model.state_dict(), "model_name": model_name, "model_kwargs": {},
-        "preprocess_cfg": SMALL_CFG.to_dict(), "epoch": 1, "args": {"model": model_name, "lr": 1e-3},
-        "val_metrics": {"srcc": 0.5, "plcc": 0.6}, "test_metrics": {"srcc": 0.45, "plcc": 0.55},
-        "data_hash": "0" * 64, "val_scores": val_scores,
+        "model": model.state_dict(),
+        "model_name": model_name,
+        "model_kwargs": {},
+        "preprocess_cfg": SMALL_CFG.to_dict(),
+        "epoch": 1,
+        "args": {"model": model_name, "lr": 1e-3},
+        "val_metrics": {"srcc": 0.5, "plcc": 0.6},
+        "test_metrics": {"srcc": 0.45, "plcc": 0.55},
+        "data_hash": "0" * 64,
+        "val_scores": val_scores,
     }
     save_checkpoint(ckpt, path)
     return path
@@ -97,9 +103,20 @@ def _write_manifest(folder: Path) -> Path:
     return manifest
 
 
-def _cli(checkpoint: Path, repo: Path, version: int = 1, *extra: str) -> list[str]:
-    return ["--checkpoint", str(checkpoint), "--model-repository", str(repo), "--name", NAME,
-            "--version", str(version), *extra]
+def _cli(checkpoint: Path, repo: Path, version: int = 1, *extra: str, gated: bool = False) -> list[str]:
+    """Export arguments; the fixtures' checkpoints are ungated, so ``--allow-ungated`` unless ``gated``."""
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--model-repository",
+        str(repo),
+        "--name",
+        NAME,
+        "--version",
+        str(version),
+        *extra,
+        *([] if gated else ["--allow-ungated"]),
+    ]
 
 
 def _staging_leftovers(model_dir: Path) -> list[Path]:
@@ -118,8 +135,9 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module", params=list_models())
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-             manifest: Path) -> SimpleNamespace:
+def exported(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, manifest: Path
+) -> SimpleNamespace:
     """One CLI export per registered model (parity images: the manifest's test split)."""
     model_name = request.param
     root = tmp_path_factory.mktemp(f"export-{model_name}")
@@ -129,8 +147,13 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     model_dir = repo / NAME
     version_dir = model_dir / "1"
     return SimpleNamespace(
-        model_name=model_name, checkpoint=checkpoint, manifest=manifest, repo=repo, model_dir=model_dir,
-        version_dir=version_dir, model=model_from_checkpoint(checkpoint),
+        model_name=model_name,
+        checkpoint=checkpoint,
+        manifest=manifest,
+        repo=repo,
+        model_dir=model_dir,
+        version_dir=version_dir,
+        model=model_from_checkpoint(checkpoint),
         metadata=json.loads((version_dir / "metadata.json").read_text()),
     )
 
@@ -233,8 +256,18 @@ def test_metadata(exported: SimpleNamespace) -> None:
     assert parity["passed"] and parity["n_crops"] == 3 * SMALL_CFG.num_eval_crops
     assert len(parity["images"]) == 3  # the manifest's test rows only
     assert parity["full_sizes"] == [[96, 128]] * 3
-    assert max(parity[k] for k in ("onnx_crops_max_abs_diff", "onnx_full_max_abs_diff",
-                                   "torchscript_crops_max_abs_diff", "program_crops_max_abs_diff")) <= TOL
+    assert (
+        max(
+            parity[k]
+            for k in (
+                "onnx_crops_max_abs_diff",
+                "onnx_full_max_abs_diff",
+                "torchscript_crops_max_abs_diff",
+                "program_crops_max_abs_diff",
+            )
+        )
+        <= TOL
+    )
     assert {"torch", "onnx", "onnxruntime"} <= set(meta["versions"]) and meta["exported_at"]
     assert set(meta["artifacts"]) == {"model.onnx", "model.pt", "model.pt2"}
     for name, info in meta["artifacts"].items():
@@ -252,8 +285,21 @@ def test_reexport_to_existing_version_is_refused(
 
 
 def test_unsafe_model_name_is_refused(tmp_path: Path) -> None:
-    assert main(["--checkpoint", str(tmp_path / "x.pt"), "--model-repository", str(tmp_path / "repo"),
-                 "--name", "../escape", "--version", "1"]) != 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(tmp_path / "x.pt"),
+                "--model-repository",
+                str(tmp_path / "repo"),
+                "--name",
+                "../escape",
+                "--version",
+                "1",
+            ]
+        )
+        != 0
+    )
     assert not (tmp_path / "escape").exists() and not (tmp_path / "repo").exists()
 
 
@@ -266,12 +312,40 @@ def test_missing_checkpoint_is_a_one_line_error(tmp_path: Path, caplog: pytest.L
 
 
 def test_gate_verdicts() -> None:
-    assert check_gate({}, allow_ungated=False) is None
+    with pytest.raises(ExportError, match="ungated"):
+        check_gate({}, allow_ungated=False)
+    assert check_gate({}, allow_ungated=True) is None
     assert check_gate({"gate": {"passed": True}}, allow_ungated=False) == {"passed": True}
-    failed = {"gate": {"passed": False, "reason": "robustness below threshold"}}
-    with pytest.raises(ExportError, match="robustness below threshold"):
+    row = {"section": "fgsm", "metric": "rmse_clean_vs_adv", "value": 12.0, "op": "<=", "threshold": 8.0}
+    failed = {"gate": {"passed": False, "failures": [row]}}
+    with pytest.raises(ExportError, match="fgsm"):
         check_gate(failed, allow_ungated=False)
     assert check_gate(failed, allow_ungated=True) == failed["gate"]
+
+
+def test_export_refuses_an_ungated_or_failed_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The CLI exits non-zero, says why, and writes no version folder."""
+    ckpt = torch.load(_write_checkpoint(tmp_path / "base.pt"), map_location="cpu", weights_only=False)
+    for name, gate in (
+        ("ungated", None),
+        (
+            "failed",
+            {
+                "passed": False,
+                "failures": [{"section": "pgd_2", "metric": "r", "value": 0.2, "op": ">=", "threshold": 0.7}],
+            },
+        ),
+    ):
+        ckpt["gate"] = gate
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(ckpt, path)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main(_cli(path, tmp_path / "repo", gated=True)) != 0
+        assert "refusing to export" in caplog.text and ("ungated" if gate is None else "pgd_2") in caplog.text
+        assert not (tmp_path / "repo" / NAME / "1").exists()
 
 
 def test_broken_parity_fails_and_leaves_no_version(
@@ -312,8 +386,9 @@ def test_torchscript_based_exporter_fallback(
     session = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"])
     for shape in ((1, 64, 64, 3), (3, 96, 128, 3)):
         batch = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-        np.testing.assert_allclose(session.run(["score"], {"image": batch})[0], _eager_scores(model, batch),
-                                   rtol=0, atol=TOL)
+        np.testing.assert_allclose(
+            session.run(["score"], {"image": batch})[0], _eager_scores(model, batch), rtol=0, atol=TOL
+        )
 
 
 def test_force_replaces_a_version_by_rename(tmp_path: Path) -> None:
@@ -331,7 +406,12 @@ def test_force_replaces_a_version_by_rename(tmp_path: Path) -> None:
 
 
 def test_cli_runs_as_a_script() -> None:
-    result = subprocess.run([sys.executable, "export/export.py", "--help"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "export/export.py", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "--model-repository" in result.stdout
