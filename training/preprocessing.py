@@ -30,6 +30,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "PreprocessConfig",
+    "crop_origins",
     "decode_image",
     "eval_crops",
     "load_image_file",
@@ -187,6 +188,12 @@ def _crop_origins(height: int, width: int, crop: int, n: int) -> list[tuple[int,
     grid_y = [0, cy, height - crop]
     grid_x = [0, cx, width - crop]
     return [(y, x) for y in grid_y for x in grid_x]
+
+
+def crop_origins(height: int, width: int, cfg: PreprocessConfig) -> list[tuple[int, int]]:
+    """Top-left (y, x) of every evaluation crop of a canonical height x width image, in the order of
+    ``eval_crops`` (for code that crops tensors, e.g. the gate's differentiable crop scorer)."""
+    return _crop_origins(height, width, cfg.crop_size, cfg.num_eval_crops)
 
 
 def eval_crops(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

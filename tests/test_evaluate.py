@@ -1,0 +1,198 @@
+"""The evaluation engine and its CLIs: the served-score scorer, evaluate.py's report (JSON, tables,
+plots, hash in the checkpoint), --compare, and replicate.py end to end on a tiny budget."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.gate_fixtures import CI_MANIFEST, REPO_ROOT, tiny_checkpoint, write_gate_config
+from tests.iqa_fixtures import small_trained_model, synthetic_images
+from training import evaluate, replicate
+from training.preprocessing import PreprocessConfig, eval_crops
+from training.scoring import CropScorer
+from training.utils import load_checkpoint
+
+SMALL = PreprocessConfig(short_side=96, max_long_side=128, crop_size=64, num_eval_crops=5)
+PAPER_TABLES = ("Table 1.", "Table 2.", "Table 3.", "Table S8.", "Table S9.", "Table S10.")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("evaluate")
+    tiny_checkpoint(folder / "model.pt", seed=0)
+    tiny_checkpoint(folder / "surrogate" / "best.pt", seed=1)
+    write_gate_config(folder / "gate.yaml")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluated(work: Path) -> tuple[int, str, Path]:
+    """evaluate.py --gate on the tiny checkpoint with every attack type; (exit code, stdout, report dir)."""
+    report = work / "report"
+    argv = ["--checkpoint", str(work / "model.pt"), "--gate-config", str(work / "gate.yaml"),
+            "--surrogate", str(work / "surrogate" / "best.pt"), "--report", str(report), "--gate",
+            "--device", "cpu"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = evaluate.cli(argv)
+    return code, out.getvalue(), report
+
+
+# ------------------------------------------------------------------------------------ CropScorer
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (128, 96), (96, 96)])
+@pytest.mark.parametrize("crops", [1, 5, 9])
+def test_crop_scorer_equals_mean_over_eval_crops(shape: tuple[int, int], crops: int) -> None:
+    model = small_trained_model(0)
+    cfg = PreprocessConfig(short_side=96, max_long_side=128, crop_size=64, num_eval_crops=crops)
+    rng = np.random.default_rng(crops)
+    images = rng.integers(0, 256, size=(2, *shape, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = []
+        for img in images:
+            stack = torch.from_numpy(eval_crops(img, cfg)).permute(0, 3, 1, 2).float() / 255.0
+            expected.append(model.score(stack).mean())
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+        served = CropScorer(model, cfg).score(x)
+    torch.testing.assert_close(served, torch.stack(expected), rtol=0, atol=1e-4)
+
+
+def test_crop_scorer_raw_output_and_override() -> None:
+    model = small_trained_model(0)
+    x = synthetic_images(3, 128)[:, :, :96, :]
+    scorer = CropScorer(model, SMALL)
+    with torch.no_grad():
+        raw = torch.stack([model(scorer.crops(x)[i]).mean() for i in range(3)])
+        torch.testing.assert_close(scorer(x), raw, rtol=0, atol=1e-4)
+    assert CropScorer(model, SMALL, num_eval_crops=1).num_crops == 1
+    assert scorer.preprocess_cfg.num_eval_crops == 5  # the override does not touch the model's config
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        scorer(torch.rand(1, 3, 32, 32))
+
+
+def test_crop_scorer_is_differentiable_and_center_crop_only_sees_its_pixels() -> None:
+    model = small_trained_model(0)
+    x = synthetic_images(2, 128)[:, :, :96, :].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(CropScorer(model, SMALL, num_eval_crops=1)(x).sum(), x)
+    assert grad.abs().sum() > 0
+    inside = torch.zeros_like(grad, dtype=torch.bool)
+    inside[:, :, 16:80, 32:96] = True  # the 64 px center crop of 96 x 128
+    assert grad[~inside].abs().max() == 0
+    assert grad[inside].abs().sum() > 0
+    (grad5,) = torch.autograd.grad(CropScorer(model, SMALL)(x).sum(), x)
+    assert grad5[:, :, :4, :4].abs().sum() > 0  # the corner crops reach the corners
+
+
+# ----------------------------------------------------------------------------------- evaluate.py
+
+
+def test_evaluate_writes_report_tables_and_plots(evaluated: tuple[int, str, Path]) -> None:
+    code, stdout, report_dir = evaluated
+    assert code == 0, stdout
+    assert "gate: PASSED" in stdout
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["attacks"]) == {"fgsm", "pgd_2", "perceptual", "uap", "korhonen", "square"}
+    for name, entry in report["attacks"].items():
+        assert entry["status"] == "ok", (name, entry.get("reason"))
+        metrics = entry["metrics"]
+        assert {"mos_vs_adv", "clean_vs_adv", "r", "mean_abs_delta"} <= set(metrics)
+        assert {"ssim_mean", "ssim_min", "psnr_mean", "psnr_min", "linf_max"} <= set(entry["quality"])
+        assert entry["seconds"] >= 0
+        assert len(entry["per_image"]["adv"]) == entry["n_images"]
+        assert (report_dir / f"delta_{name}.png").is_file()
+    assert report["attacks"]["fgsm"]["quality"]["linf_max"] <= 0.005 + 1e-6
+    assert report["clean"]["served"]["num_crops"] == 5
+    assert report["clean"]["attack_scorer"]["num_crops"] == 1
+    gn = report["grad_norm"]
+    assert gn["status"] == "ok" and len(gn["exact"]) == len(gn["fd"]) == 4 and gn["h"] == 0.01
+    assert len(report["sweep"]["rows"]) == 4
+    assert (report_dir / "grad_norm.png").is_file() and (report_dir / "intensity.png").is_file()
+    md = (report_dir / "report.md").read_text()
+    for title in PAPER_TABLES:
+        assert title in md
+    assert "MOS & after attack" in md and "before & after" in md
+    assert "Acceptance gate: PASSED" in md
+
+
+def test_report_hash_is_written_into_the_checkpoint(work: Path, evaluated: tuple[int, str, Path]) -> None:
+    _, _, report_dir = evaluated
+    gate = load_checkpoint(work / "model.pt")["gate"]
+    assert gate["passed"] is True and gate["failures"] == []
+    assert gate["report_sha256"] == hashlib.sha256((report_dir / "report.json").read_bytes()).hexdigest()
+    report = json.loads((report_dir / "report.json").read_text())
+    assert gate["weights_sha256"] == report["meta"]["weights_sha256"]
+    assert gate["config_sha256"] == report["meta"]["config_sha256"]
+
+
+def test_uap_is_cached_next_to_the_surrogate(work: Path, evaluated: tuple[int, str, Path]) -> None:
+    _, _, report_dir = evaluated
+    uap = json.loads((report_dir / "report.json").read_text())["attacks"]["uap"]
+    cache = Path(uap["uap_cache"])
+    assert cache.parent == (work / "surrogate").resolve() and cache.is_file()
+
+
+def test_compare_overlays_two_reports(work: Path, evaluated: tuple[int, str, Path]) -> None:
+    _, _, report_dir = evaluated
+    out = work / "compare"
+    code = evaluate.cli(["--compare", str(report_dir), str(report_dir), "--labels", "A", "B",
+                         "--report", str(out)])
+    assert code == 0
+    md = (out / "comparison.md").read_text()
+    assert "Cells are A / B." in md and "Table 2." in md
+    assert (out / "compare_grad_norm.png").is_file() and (out / "compare_intensity.png").is_file()
+
+
+def test_evaluate_usage_errors_exit_2(work: Path) -> None:
+    assert evaluate.cli(["--checkpoint", str(work / "missing.pt")]) == 2
+    assert evaluate.cli(["--checkpoint", str(work / "model.pt"), "--gate-config", str(work / "gate.yaml"),
+                         "--attacks", "nonexistent"]) == 2
+    assert evaluate.cli(["--checkpoint", str(work / "model.pt"), "--gate-config", str(work / "gate.yaml"),
+                         "attacks.fgsm.thresholds.typo_max=1"]) == 2
+
+
+# ---------------------------------------------------------------------------------- replicate.py
+
+
+def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> None:
+    results = tmp_path / "docs" / "RESULTS.md"
+    config = REPO_ROOT / "training" / "configs" / "ci.yaml"
+    argv = ["--config", str(config), "--manifest", str(CI_MANIFEST), "--out", str(tmp_path / "runs"),
+            "--epochs", "1", "--max-steps-per-epoch", "1", "--lams", "0.002",
+            "--hs", "0.1", "--ablation-images", "4", "--gate-config", str(work / "gate.yaml"),
+            "--max-images", "5", "--results-md", str(results), "--set", "device=cpu"]
+    assert replicate.cli(argv) == 0
+    md = results.read_text()
+    for title in PAPER_TABLES:
+        assert title in md
+    assert "## Targets" in md and "19.17 → 7.88" in md and "baseline / NT" in md
+    assert "Ablation: λ at h = 0.01" in md and "Ablation: h at λ" in md and "reduced budget" in md
+    figures = results.parent / "results"
+    for png in ("grad_norm.png", "intensity.png", "delta_fgsm.png", "ablation_lam.png", "ablation_h.png"):
+        assert (figures / png).is_file(), png
+    for run in ("baseline", "nt", "surrogate", "ablation/lam0.002_h0.01", "ablation/lam0.001_h0.1"):
+        assert (tmp_path / "runs" / run / "best.pt").is_file(), run
+    nt_args = load_checkpoint(tmp_path / "runs" / "nt" / "best.pt")["args"]
+    assert nt_args["nt"]["lam"] == 0.001 and nt_args["seed"] == 0
+    assert load_checkpoint(tmp_path / "runs" / "surrogate" / "best.pt")["args"]["seed"] == 1
+
+    # Restartable: a second call trains and evaluates nothing (the reports keep their bytes).
+    before = (tmp_path / "runs" / "eval" / "nt" / "report.json").stat().st_mtime_ns
+    assert replicate.cli([*argv, "--skip-train"]) == 0
+    assert (tmp_path / "runs" / "eval" / "nt" / "report.json").stat().st_mtime_ns == before

@@ -1,0 +1,234 @@
+"""The acceptance gate: config validation, threshold rows, pass / fail exit codes, an attack that does
+nothing, missing surrogate, train.py's entry point and verify_gate for the export step."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.gate_fixtures import CI_MANIFEST, TINY_GATE, tiny_checkpoint, write_gate_config
+from training import evaluate
+from training.data.dataset import ManifestDataset
+from training.evaluation import evaluate_model, load_eval_data
+from training.gate import (
+    DEFAULT_GATE_CONFIG,
+    check_report,
+    gate_checkpoint,
+    load_gate_config,
+    verify_gate,
+)
+from training.utils import load_checkpoint, model_from_checkpoint
+
+FGSM_ONLY = {"fgsm": copy.deepcopy(TINY_GATE["attacks"]["fgsm"])}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("gate") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def fgsm_gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Clean metrics and FGSM only, loose thresholds, no grad norms or sweep: a gate that passes fast."""
+    return write_gate_config(
+        tmp_path_factory.mktemp("cfg") / "gate.yaml", attacks=FGSM_ONLY, num_images=4,
+        grad_norm={"enabled": False}, sweep={"enabled": False},
+    )
+
+
+@pytest.fixture(scope="module")
+def data(ckpt_path: Path):
+    model = model_from_checkpoint(ckpt_path)
+    return load_eval_data(ManifestDataset(CI_MANIFEST, "test", model.preprocess_cfg, train=False), 4)
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = evaluate.cli(list(argv))
+    return code, capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+def test_shipped_gate_config_is_valid_and_has_the_required_attacks() -> None:
+    cfg = load_gate_config(DEFAULT_GATE_CONFIG)
+    assert cfg["num_images"] == 200
+    attacks = cfg["attacks"]
+    pgd = [e for e in attacks.values() if e["attack"] == "pgd"]
+    eps = sorted(round(e["params"]["eps"] * 255, 3) for e in pgd)
+    assert eps == [2.0, 4.0, 8.0] and all(e["params"]["steps"] >= 10 for e in pgd)
+    pgd_2 = next(e for e in pgd if round(e["params"]["eps"] * 255) == 2)
+    assert pgd_2["required"] and pgd_2.get("max_images") is None  # PGD-10 at 2/255 on every image
+    assert attacks["fgsm"]["params"] == {"eps": 0.005, "alpha": 0.01, "objective": "mid"}
+    assert attacks["uap"]["params"]["scale"] == 0.04
+    assert attacks["square"]["params"]["eps"] == pytest.approx(4 / 255)
+    assert attacks["perceptual"]["params"]["ssim_threshold"] == 0.9
+    assert len(attacks["perceptual"]["params"]["lambdas"]) >= 2
+    for name, entry in attacks.items():
+        assert entry["thresholds"]["min_strength"] > 0, name  # an attack that does nothing fails
+
+
+def test_overrides_and_validation(tmp_path: Path) -> None:
+    cfg = load_gate_config(DEFAULT_GATE_CONFIG, ["num_images=7", "attacks.fgsm.thresholds.r_min=2.5"])
+    assert cfg["num_images"] == 7 and cfg["attacks"]["fgsm"]["thresholds"]["r_min"] == 2.5
+    with pytest.raises(ValueError, match="unknown threshold"):
+        load_gate_config(DEFAULT_GATE_CONFIG, {"attacks.fgsm.thresholds.rmse_max": 1})
+    with pytest.raises(ValueError, match="unknown key"):
+        load_gate_config(DEFAULT_GATE_CONFIG, {"num_imgs": 1})
+    with pytest.raises(ValueError, match="not a registered attack"):
+        load_gate_config(DEFAULT_GATE_CONFIG, {"attacks.fgsm.attack": "fgsm2"})
+
+
+# ---------------------------------------------------------------------------------------- verdict
+
+
+def _report(**attack: Any) -> dict[str, Any]:
+    metrics = {"clean_vs_adv": {"rmse": 5.0, "srocc": 0.9}, "mos_vs_adv": {"rmse": 9.0, "srocc": 0.8},
+               "r": 1.2, "mean_abs_delta": 3.0}
+    return {"clean": {"served": {"srocc": 0.9, "plcc": 0.9, "krocc": 0.7, "rmse": 8.0}},
+            "attacks": {"fgsm": {"status": "ok", "metrics": metrics, **attack}},
+            "grad_norm": {"status": "ok", "median_exact": 100.0}}
+
+
+def _cfg(**thresholds: Any) -> dict[str, Any]:
+    return {"clean": {"srocc_min": 0.8, "plcc_min": 0.8},
+            "attacks": {"fgsm": {"attack": "fgsm", "required": True, "thresholds": thresholds}}}
+
+
+def test_check_report_rows() -> None:
+    verdict = check_report(_report(), _cfg(rmse_clean_vs_adv_max=6.0, r_min=1.0, min_strength=0.01))
+    assert verdict["passed"] and len(verdict["rows"]) == 5
+    verdict = check_report(_report(), _cfg(rmse_clean_vs_adv_max=4.0, r_min=None))
+    assert not verdict["passed"]
+    [row] = verdict["failures"]
+    assert row == {"section": "fgsm", "metric": "clean_vs_adv.rmse", "value": 5.0, "op": "<=",
+                   "threshold": 4.0, "passed": False}
+    report = _report()
+    report["attacks"]["fgsm"]["metrics"]["clean_vs_adv"]["srocc"] = math.nan
+    assert not check_report(report, _cfg(srocc_clean_vs_adv_min=0.0))["passed"]  # NaN never passes
+    cfg = _cfg()
+    cfg["grad_norm"] = {"median_max": 50.0}
+    assert check_report(_report(), cfg)["failures"][0]["section"] == "grad_norm"
+
+
+def test_not_run_fails_only_when_required_and_errors_always_fail() -> None:
+    not_run = {"status": "not run", "reason": "no surrogate checkpoint"}
+    report = _report()
+    report["attacks"]["fgsm"] = not_run
+    failures = check_report(report, _cfg())["failures"]
+    assert failures[0]["metric"] == "status" and "no surrogate" in failures[0]["value"]
+    optional = _cfg()
+    optional["attacks"]["fgsm"]["required"] = False
+    assert check_report(report, optional)["passed"]
+    report["attacks"]["fgsm"] = {"status": "error", "reason": "RuntimeError: boom"}
+    assert not check_report(report, optional)["passed"]
+
+
+def test_an_attack_that_does_nothing_fails_min_strength(ckpt_path: Path, data) -> None:
+    """FGSM with ε far below one 8-bit level: the delivered image equals the original, Δscore = 0."""
+    cfg = load_gate_config(DEFAULT_GATE_CONFIG)
+    cfg.update(num_images=4, grad_norm={"enabled": False}, sweep={"enabled": False}, clean={})
+    cfg["attacks"] = {"noop": {"attack": "fgsm", "required": True, "params": {"eps": 1e-6, "alpha": 1e-6},
+                               "thresholds": {"rmse_clean_vs_adv_max": 100.0, "r_min": 0.0,
+                                              "min_strength": 0.01}}}
+    model = model_from_checkpoint(ckpt_path).train()  # e.g. straight out of train.py
+    report = evaluate_model(model, data, cfg)
+    assert model.training  # evaluated in eval mode, its mode put back
+    reference = evaluate_model(model.eval(), data, cfg)
+    assert report["clean"]["scores"] == reference["clean"]["scores"]
+    entry = report["attacks"]["noop"]
+    assert entry["status"] == "ok" and entry["metrics"]["mean_abs_delta"] == 0.0
+    assert entry["quality"]["linf_max"] == 0.0
+    verdict = check_report(report, cfg)
+    assert [(r["section"], r["metric"]) for r in verdict["failures"]] == [("noop", "mean_abs_delta")]
+
+
+# ------------------------------------------------------------------------------------ CLI and API
+
+
+def test_gate_pass_exits_0(ckpt_path: Path, fgsm_gate: Path, tmp_path: Path, capsys) -> None:
+    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate),
+                         "--report", str(tmp_path / "report"), "--gate")
+    assert code == 0, out
+    assert "gate: PASSED" in out and "FAIL" not in out
+    ok, reason = verify_gate(load_checkpoint(ckpt_path))
+    assert ok and reason.startswith("passed")
+
+
+def test_gate_fail_exits_nonzero_and_prints_failing_rows(ckpt_path: Path, fgsm_gate: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate),
+                         "--report", str(tmp_path / "report"), "--gate",
+                         "attacks.fgsm.thresholds.rmse_clean_vs_adv_max=0.0", "clean.srocc_min=1.1")
+    assert code == 1
+    assert "gate: FAILED" in out
+    assert "FAIL fgsm clean_vs_adv.rmse = " in out and "(must be <= 0)" in out
+    assert "FAIL clean srocc = " in out and "(must be >= 1.1)" in out
+    gate = load_checkpoint(ckpt_path)["gate"]
+    assert gate["passed"] is False and len(gate["failures"]) == 2
+    ok, reason = verify_gate(load_checkpoint(ckpt_path))
+    assert not ok and "fgsm clean_vs_adv.rmse" in reason and "clean srocc" in reason
+    assert "Acceptance gate: FAILED" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_evaluate_without_gate_flag_never_fails_or_touches_the_checkpoint(
+    ckpt_path: Path, fgsm_gate: Path, tmp_path: Path, capsys
+) -> None:
+    before = ckpt_path.stat().st_mtime_ns
+    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate),
+                         "--report", str(tmp_path / "report"), "clean.srocc_min=1.1")
+    assert code == 0 and "gate: FAILED" in out
+    assert ckpt_path.stat().st_mtime_ns == before
+
+
+def test_missing_surrogate_marks_transfer_attacks_not_run(ckpt_path: Path, tmp_path: Path, capsys,
+                                                          caplog) -> None:
+    attacks = {**FGSM_ONLY, "uap": copy.deepcopy(TINY_GATE["attacks"]["uap"])}
+    cfg = write_gate_config(tmp_path / "gate.yaml", attacks=attacks, num_images=3,
+                            grad_norm={"enabled": False}, sweep={"enabled": False},
+                            surrogate_checkpoint=str(tmp_path / "no-such-surrogate.pt"))
+    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(cfg),
+                         "--report", str(tmp_path / "r1"), "--gate")
+    assert code == 1 and "not run: no surrogate checkpoint" in out
+    assert "FAIL uap status = not run" in out
+    assert any("NO SURROGATE" in r.getMessage() for r in caplog.records)
+    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(cfg),
+                         "--report", str(tmp_path / "r2"), "--gate", "attacks.uap.required=false")
+    assert code == 0, out
+
+
+def test_gate_checkpoint_entry_point_of_train(ckpt_path: Path, fgsm_gate: Path, tmp_path: Path) -> None:
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    gate = gate_checkpoint(model, ckpt, None, tmp_path / "report", fgsm_gate)
+    assert gate["passed"] is True
+    assert set(gate) >= {"passed", "failures", "report_sha256", "report_dir", "config_sha256", "time"}
+    assert (tmp_path / "report" / "report.json").is_file()
+
+
+def test_verify_gate_ungated_failed_passed() -> None:
+    for ckpt in ({}, {"gate": None}):
+        ok, reason = verify_gate(ckpt)
+        assert not ok and reason.startswith("ungated")
+    failed = {"gate": {"passed": False, "failures": [
+        {"section": "pgd_2", "metric": "clean_vs_adv.rmse", "value": 17.25, "op": "<=", "threshold": 15.0,
+         "passed": False}]}}
+    ok, reason = verify_gate(failed)
+    assert not ok and reason == "failed: pgd_2 clean_vs_adv.rmse = 17.25 (must be <= 15)"
+    ok, reason = verify_gate({"gate": {"passed": "yes"}})
+    assert not ok and reason.startswith("failed")
+    ok, _ = verify_gate({"gate": {"passed": True, "report_sha256": "ab" * 32}})
+    assert ok
