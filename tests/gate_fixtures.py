@@ -7,7 +7,11 @@ is rescaled so the scores spread over a few points around 50: attacks move them,
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,23 @@ from training.data.dataset import ManifestDataset, dataset_preprocess_config
 from training.models import create_model
 from training.utils import save_checkpoint
 
-__all__ = ["CI_MANIFEST", "REPO_ROOT", "TINY_GATE", "tiny_checkpoint", "write_gate_config"]
+__all__ = ["REPO_ROOT", "TINY_GATE", "ci_manifest", "tiny_checkpoint", "write_gate_config"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CI_MANIFEST = REPO_ROOT / "data" / "ci" / "manifest.csv"
+
+
+@functools.lru_cache(maxsize=1)
+def ci_manifest() -> Path:
+    """The offline ci dataset, built once per test session into a temporary folder (data/ is not in
+    git, so a fresh clone has none)."""
+    from training.build_dataset import main as build_dataset
+
+    root = Path(tempfile.mkdtemp(prefix="iqa-ci-data-"))
+    atexit.register(shutil.rmtree, root, True)
+    if build_dataset(["--out", str(root / "ci"), "--size", "ci"]) != 0:
+        raise RuntimeError("building the ci dataset failed")
+    return root / "ci" / "manifest.csv"
+
 
 _LOOSE = {"rmse_clean_vs_adv_max": 1e6, "r_min": -1e6, "min_strength": 0.0}
 
@@ -40,19 +57,46 @@ TINY_GATE: dict[str, Any] = {
     "grad_norm": {"enabled": True, "max_images": 4, "h": None, "median_max": None},
     "sweep": {"enabled": True, "max_images": 3, "eps": [2 / 255, 4 / 255], "iters": [1, 2]},
     "attacks": {
-        "fgsm": {"attack": "fgsm", "required": True, "params": {"eps": 0.005, "alpha": 0.01},
-                 "thresholds": dict(_LOOSE)},
-        "pgd_2": {"attack": "pgd", "required": True, "params": {"eps": 2 / 255, "steps": 2},
-                  "thresholds": dict(_LOOSE)},
-        "perceptual": {"attack": "perceptual", "required": True, "max_images": 3,
-                       "params": {"lambdas": [1e4], "steps": 2}, "thresholds": dict(_LOOSE)},
-        "uap": {"attack": "uap", "required": True, "fit_images": 4,
-                "params": {"scale": 0.04, "size": 64, "epochs": 1, "batch_size": 4},
-                "thresholds": dict(_LOOSE)},
-        "korhonen": {"attack": "korhonen", "required": True, "max_images": 3, "params": {"steps": 2},
-                     "thresholds": dict(_LOOSE)},
-        "square": {"attack": "square", "required": True, "max_images": 3, "params": {"n_queries": 6},
-                   "thresholds": dict(_LOOSE)},
+        "fgsm": {
+            "attack": "fgsm",
+            "required": True,
+            "params": {"eps": 0.005, "alpha": 0.01},
+            "thresholds": dict(_LOOSE),
+        },
+        "pgd_2": {
+            "attack": "pgd",
+            "required": True,
+            "params": {"eps": 2 / 255, "steps": 2},
+            "thresholds": dict(_LOOSE),
+        },
+        "perceptual": {
+            "attack": "perceptual",
+            "required": True,
+            "max_images": 3,
+            "params": {"lambdas": [1e4], "steps": 2},
+            "thresholds": dict(_LOOSE),
+        },
+        "uap": {
+            "attack": "uap",
+            "required": True,
+            "fit_images": 4,
+            "params": {"scale": 0.04, "size": 64, "epochs": 1, "batch_size": 4},
+            "thresholds": dict(_LOOSE),
+        },
+        "korhonen": {
+            "attack": "korhonen",
+            "required": True,
+            "max_images": 3,
+            "params": {"steps": 2},
+            "thresholds": dict(_LOOSE),
+        },
+        "square": {
+            "attack": "square",
+            "required": True,
+            "max_images": 3,
+            "params": {"n_queries": 6},
+            "thresholds": dict(_LOOSE),
+        },
     },
 }
 
@@ -66,16 +110,16 @@ def write_gate_config(path: Path, **changes: Any) -> Path:
 
 
 def _ci_crops(n: int) -> torch.Tensor:
-    pp = dataset_preprocess_config(CI_MANIFEST)
+    pp = dataset_preprocess_config(ci_manifest())
     assert pp is not None
-    ds = ManifestDataset(CI_MANIFEST, "train", pp, train=True, cache=False)
+    ds = ManifestDataset(ci_manifest(), "train", pp, train=True, cache=False)
     idx = np.linspace(0, len(ds) - 1, n).astype(int)
     return torch.stack([ds[int(i)][0] for i in idx])
 
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """An untrained, calibrated effnet_lite0 checkpoint on the ci preprocessing (see the docstring)."""
-    pp = dataset_preprocess_config(CI_MANIFEST)
+    pp = dataset_preprocess_config(ci_manifest())
     torch.manual_seed(seed)
     model = create_model("effnet_lite0", backbone_weights="none", preprocess_cfg=pp)
     for m in model.modules():
@@ -92,10 +136,17 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         head.weight.mul_(6.0 / max(float(out.std()), 1e-6))
         head.bias.add_(50.0 - float(model(crops).mean()))
     ckpt = {
-        "model": model.state_dict(), "model_name": "effnet_lite0", "model_kwargs": {},
-        "preprocess_cfg": pp.to_dict() if pp else {}, "epoch": 0, "data_hash": "0" * 64,
-        "args": {"data": {"manifest": str(CI_MANIFEST)}, "nt": {"lam": 0.0, "h": 0.01}, "seed": seed},
-        "val_metrics": {}, "test_metrics": {}, "val_scores": [50.0] * 8, "gate": None,
+        "model": model.state_dict(),
+        "model_name": "effnet_lite0",
+        "model_kwargs": {},
+        "preprocess_cfg": pp.to_dict() if pp else {},
+        "epoch": 0,
+        "data_hash": "0" * 64,
+        "args": {"data": {"manifest": str(ci_manifest())}, "nt": {"lam": 0.0, "h": 0.01}, "seed": seed},
+        "val_metrics": {},
+        "test_metrics": {},
+        "val_scores": [50.0] * 8,
+        "gate": None,
     }
     save_checkpoint(ckpt, path)
     return path

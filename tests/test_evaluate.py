@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.gate_fixtures import CI_MANIFEST, REPO_ROOT, tiny_checkpoint, write_gate_config
+from tests.gate_fixtures import REPO_ROOT, ci_manifest, tiny_checkpoint, write_gate_config
 from tests.iqa_fixtures import small_trained_model, synthetic_images
 from training import evaluate, replicate
 from training.preprocessing import PreprocessConfig, eval_crops
@@ -45,9 +45,19 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def evaluated(work: Path) -> tuple[int, str, Path]:
     """evaluate.py --gate on the tiny checkpoint with every attack type; (exit code, stdout, report dir)."""
     report = work / "report"
-    argv = ["--checkpoint", str(work / "model.pt"), "--gate-config", str(work / "gate.yaml"),
-            "--surrogate", str(work / "surrogate" / "best.pt"), "--report", str(report), "--gate",
-            "--device", "cpu"]
+    argv = [
+        "--checkpoint",
+        str(work / "model.pt"),
+        "--gate-config",
+        str(work / "gate.yaml"),
+        "--surrogate",
+        str(work / "surrogate" / "best.pt"),
+        "--report",
+        str(report),
+        "--gate",
+        "--device",
+        "cpu",
+    ]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = evaluate.cli(argv)
@@ -151,8 +161,9 @@ def test_uap_is_cached_next_to_the_surrogate(work: Path, evaluated: tuple[int, s
 def test_compare_overlays_two_reports(work: Path, evaluated: tuple[int, str, Path]) -> None:
     _, _, report_dir = evaluated
     out = work / "compare"
-    code = evaluate.cli(["--compare", str(report_dir), str(report_dir), "--labels", "A", "B",
-                         "--report", str(out)])
+    code = evaluate.cli(
+        ["--compare", str(report_dir), str(report_dir), "--labels", "A", "B", "--report", str(out)]
+    )
     assert code == 0
     md = (out / "comparison.md").read_text()
     assert "Cells are A / B." in md and "Table 2." in md
@@ -161,10 +172,31 @@ def test_compare_overlays_two_reports(work: Path, evaluated: tuple[int, str, Pat
 
 def test_evaluate_usage_errors_exit_2(work: Path) -> None:
     assert evaluate.cli(["--checkpoint", str(work / "missing.pt")]) == 2
-    assert evaluate.cli(["--checkpoint", str(work / "model.pt"), "--gate-config", str(work / "gate.yaml"),
-                         "--attacks", "nonexistent"]) == 2
-    assert evaluate.cli(["--checkpoint", str(work / "model.pt"), "--gate-config", str(work / "gate.yaml"),
-                         "attacks.fgsm.thresholds.typo_max=1"]) == 2
+    assert (
+        evaluate.cli(
+            [
+                "--checkpoint",
+                str(work / "model.pt"),
+                "--gate-config",
+                str(work / "gate.yaml"),
+                "--attacks",
+                "nonexistent",
+            ]
+        )
+        == 2
+    )
+    assert (
+        evaluate.cli(
+            [
+                "--checkpoint",
+                str(work / "model.pt"),
+                "--gate-config",
+                str(work / "gate.yaml"),
+                "attacks.fgsm.thresholds.typo_max=1",
+            ]
+        )
+        == 2
+    )
 
 
 # ---------------------------------------------------------------------------------- replicate.py
@@ -173,10 +205,32 @@ def test_evaluate_usage_errors_exit_2(work: Path) -> None:
 def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> None:
     results = tmp_path / "docs" / "RESULTS.md"
     config = REPO_ROOT / "training" / "configs" / "ci.yaml"
-    argv = ["--config", str(config), "--manifest", str(CI_MANIFEST), "--out", str(tmp_path / "runs"),
-            "--epochs", "1", "--max-steps-per-epoch", "1", "--lams", "0.002",
-            "--hs", "0.1", "--ablation-images", "4", "--gate-config", str(work / "gate.yaml"),
-            "--max-images", "5", "--results-md", str(results), "--set", "device=cpu"]
+    argv = [
+        "--config",
+        str(config),
+        "--manifest",
+        str(ci_manifest()),
+        "--out",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "1",
+        "--lams",
+        "0.002",
+        "--hs",
+        "0.1",
+        "--ablation-images",
+        "4",
+        "--gate-config",
+        str(work / "gate.yaml"),
+        "--max-images",
+        "5",
+        "--results-md",
+        str(results),
+        "--set",
+        "device=cpu",
+    ]
     assert replicate.cli(argv) == 0
     md = results.read_text()
     for title in PAPER_TABLES:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.gate_fixtures import CI_MANIFEST, TINY_GATE, tiny_checkpoint, write_gate_config
+from tests.gate_fixtures import TINY_GATE, ci_manifest, tiny_checkpoint, write_gate_config
 from training import evaluate
 from training.data.dataset import ManifestDataset
 from training.evaluation import evaluate_model, load_eval_data
@@ -44,15 +44,18 @@ def ckpt_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fgsm_gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Clean metrics and FGSM only, loose thresholds, no grad norms or sweep: a gate that passes fast."""
     return write_gate_config(
-        tmp_path_factory.mktemp("cfg") / "gate.yaml", attacks=FGSM_ONLY, num_images=4,
-        grad_norm={"enabled": False}, sweep={"enabled": False},
+        tmp_path_factory.mktemp("cfg") / "gate.yaml",
+        attacks=FGSM_ONLY,
+        num_images=4,
+        grad_norm={"enabled": False},
+        sweep={"enabled": False},
     )
 
 
 @pytest.fixture(scope="module")
 def data(ckpt_path: Path):
     model = model_from_checkpoint(ckpt_path)
-    return load_eval_data(ManifestDataset(CI_MANIFEST, "test", model.preprocess_cfg, train=False), 4)
+    return load_eval_data(ManifestDataset(ci_manifest(), "test", model.preprocess_cfg, train=False), 4)
 
 
 def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -96,16 +99,24 @@ def test_overrides_and_validation(tmp_path: Path) -> None:
 
 
 def _report(**attack: Any) -> dict[str, Any]:
-    metrics = {"clean_vs_adv": {"rmse": 5.0, "srocc": 0.9}, "mos_vs_adv": {"rmse": 9.0, "srocc": 0.8},
-               "r": 1.2, "mean_abs_delta": 3.0}
-    return {"clean": {"served": {"srocc": 0.9, "plcc": 0.9, "krocc": 0.7, "rmse": 8.0}},
-            "attacks": {"fgsm": {"status": "ok", "metrics": metrics, **attack}},
-            "grad_norm": {"status": "ok", "median_exact": 100.0}}
+    metrics = {
+        "clean_vs_adv": {"rmse": 5.0, "srocc": 0.9},
+        "mos_vs_adv": {"rmse": 9.0, "srocc": 0.8},
+        "r": 1.2,
+        "mean_abs_delta": 3.0,
+    }
+    return {
+        "clean": {"served": {"srocc": 0.9, "plcc": 0.9, "krocc": 0.7, "rmse": 8.0}},
+        "attacks": {"fgsm": {"status": "ok", "metrics": metrics, **attack}},
+        "grad_norm": {"status": "ok", "median_exact": 100.0},
+    }
 
 
 def _cfg(**thresholds: Any) -> dict[str, Any]:
-    return {"clean": {"srocc_min": 0.8, "plcc_min": 0.8},
-            "attacks": {"fgsm": {"attack": "fgsm", "required": True, "thresholds": thresholds}}}
+    return {
+        "clean": {"srocc_min": 0.8, "plcc_min": 0.8},
+        "attacks": {"fgsm": {"attack": "fgsm", "required": True, "thresholds": thresholds}},
+    }
 
 
 def test_check_report_rows() -> None:
@@ -114,8 +125,14 @@ def test_check_report_rows() -> None:
     verdict = check_report(_report(), _cfg(rmse_clean_vs_adv_max=4.0, r_min=None))
     assert not verdict["passed"]
     [row] = verdict["failures"]
-    assert row == {"section": "fgsm", "metric": "clean_vs_adv.rmse", "value": 5.0, "op": "<=",
-                   "threshold": 4.0, "passed": False}
+    assert row == {
+        "section": "fgsm",
+        "metric": "clean_vs_adv.rmse",
+        "value": 5.0,
+        "op": "<=",
+        "threshold": 4.0,
+        "passed": False,
+    }
     report = _report()
     report["attacks"]["fgsm"]["metrics"]["clean_vs_adv"]["srocc"] = math.nan
     assert not check_report(report, _cfg(srocc_clean_vs_adv_min=0.0))["passed"]  # NaN never passes
@@ -141,9 +158,14 @@ def test_an_attack_that_does_nothing_fails_min_strength(ckpt_path: Path, data) -
     """FGSM with ε far below one 8-bit level: the delivered image equals the original, Δscore = 0."""
     cfg = load_gate_config(DEFAULT_GATE_CONFIG)
     cfg.update(num_images=4, grad_norm={"enabled": False}, sweep={"enabled": False}, clean={})
-    cfg["attacks"] = {"noop": {"attack": "fgsm", "required": True, "params": {"eps": 1e-6, "alpha": 1e-6},
-                               "thresholds": {"rmse_clean_vs_adv_max": 100.0, "r_min": 0.0,
-                                              "min_strength": 0.01}}}
+    cfg["attacks"] = {
+        "noop": {
+            "attack": "fgsm",
+            "required": True,
+            "params": {"eps": 1e-6, "alpha": 1e-6},
+            "thresholds": {"rmse_clean_vs_adv_max": 100.0, "r_min": 0.0, "min_strength": 0.01},
+        }
+    }
     model = model_from_checkpoint(ckpt_path).train()  # e.g. straight out of train.py
     report = evaluate_model(model, data, cfg)
     assert model.training  # evaluated in eval mode, its mode put back
@@ -160,19 +182,37 @@ def test_an_attack_that_does_nothing_fails_min_strength(ckpt_path: Path, data) -
 
 
 def test_gate_pass_exits_0(ckpt_path: Path, fgsm_gate: Path, tmp_path: Path, capsys) -> None:
-    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate),
-                         "--report", str(tmp_path / "report"), "--gate")
+    code, out = _run_cli(
+        capsys,
+        "--checkpoint",
+        str(ckpt_path),
+        "--gate-config",
+        str(fgsm_gate),
+        "--report",
+        str(tmp_path / "report"),
+        "--gate",
+    )
     assert code == 0, out
     assert "gate: PASSED" in out and "FAIL" not in out
     ok, reason = verify_gate(load_checkpoint(ckpt_path))
     assert ok and reason.startswith("passed")
 
 
-def test_gate_fail_exits_nonzero_and_prints_failing_rows(ckpt_path: Path, fgsm_gate: Path, tmp_path: Path,
-                                                         capsys) -> None:
-    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate),
-                         "--report", str(tmp_path / "report"), "--gate",
-                         "attacks.fgsm.thresholds.rmse_clean_vs_adv_max=0.0", "clean.srocc_min=1.1")
+def test_gate_fail_exits_nonzero_and_prints_failing_rows(
+    ckpt_path: Path, fgsm_gate: Path, tmp_path: Path, capsys
+) -> None:
+    code, out = _run_cli(
+        capsys,
+        "--checkpoint",
+        str(ckpt_path),
+        "--gate-config",
+        str(fgsm_gate),
+        "--report",
+        str(tmp_path / "report"),
+        "--gate",
+        "attacks.fgsm.thresholds.rmse_clean_vs_adv_max=0.0",
+        "clean.srocc_min=1.1",
+    )
     assert code == 1
     assert "gate: FAILED" in out
     assert "FAIL fgsm clean_vs_adv.rmse = " in out and "(must be <= 0)" in out
@@ -188,25 +228,56 @@ def test_evaluate_without_gate_flag_never_fails_or_touches_the_checkpoint(
     ckpt_path: Path, fgsm_gate: Path, tmp_path: Path, capsys
 ) -> None:
     before = ckpt_path.stat().st_mtime_ns
-    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate),
-                         "--report", str(tmp_path / "report"), "clean.srocc_min=1.1")
+    code, out = _run_cli(
+        capsys,
+        "--checkpoint",
+        str(ckpt_path),
+        "--gate-config",
+        str(fgsm_gate),
+        "--report",
+        str(tmp_path / "report"),
+        "clean.srocc_min=1.1",
+    )
     assert code == 0 and "gate: FAILED" in out
     assert ckpt_path.stat().st_mtime_ns == before
 
 
-def test_missing_surrogate_marks_transfer_attacks_not_run(ckpt_path: Path, tmp_path: Path, capsys,
-                                                          caplog) -> None:
+def test_missing_surrogate_marks_transfer_attacks_not_run(
+    ckpt_path: Path, tmp_path: Path, capsys, caplog
+) -> None:
     attacks = {**FGSM_ONLY, "uap": copy.deepcopy(TINY_GATE["attacks"]["uap"])}
-    cfg = write_gate_config(tmp_path / "gate.yaml", attacks=attacks, num_images=3,
-                            grad_norm={"enabled": False}, sweep={"enabled": False},
-                            surrogate_checkpoint=str(tmp_path / "no-such-surrogate.pt"))
-    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(cfg),
-                         "--report", str(tmp_path / "r1"), "--gate")
+    cfg = write_gate_config(
+        tmp_path / "gate.yaml",
+        attacks=attacks,
+        num_images=3,
+        grad_norm={"enabled": False},
+        sweep={"enabled": False},
+        surrogate_checkpoint=str(tmp_path / "no-such-surrogate.pt"),
+    )
+    code, out = _run_cli(
+        capsys,
+        "--checkpoint",
+        str(ckpt_path),
+        "--gate-config",
+        str(cfg),
+        "--report",
+        str(tmp_path / "r1"),
+        "--gate",
+    )
     assert code == 1 and "not run: no surrogate checkpoint" in out
     assert "FAIL uap status = not run" in out
     assert any("NO SURROGATE" in r.getMessage() for r in caplog.records)
-    code, out = _run_cli(capsys, "--checkpoint", str(ckpt_path), "--gate-config", str(cfg),
-                         "--report", str(tmp_path / "r2"), "--gate", "attacks.uap.required=false")
+    code, out = _run_cli(
+        capsys,
+        "--checkpoint",
+        str(ckpt_path),
+        "--gate-config",
+        str(cfg),
+        "--report",
+        str(tmp_path / "r2"),
+        "--gate",
+        "attacks.uap.required=false",
+    )
     assert code == 0, out
 
 
@@ -223,12 +294,57 @@ def test_verify_gate_ungated_failed_passed() -> None:
     for ckpt in ({}, {"gate": None}):
         ok, reason = verify_gate(ckpt)
         assert not ok and reason.startswith("ungated")
-    failed = {"gate": {"passed": False, "failures": [
-        {"section": "pgd_2", "metric": "clean_vs_adv.rmse", "value": 17.25, "op": "<=", "threshold": 15.0,
-         "passed": False}]}}
+    failed = {
+        "gate": {
+            "passed": False,
+            "failures": [
+                {
+                    "section": "pgd_2",
+                    "metric": "clean_vs_adv.rmse",
+                    "value": 17.25,
+                    "op": "<=",
+                    "threshold": 15.0,
+                    "passed": False,
+                }
+            ],
+        }
+    }
     ok, reason = verify_gate(failed)
     assert not ok and reason == "failed: pgd_2 clean_vs_adv.rmse = 17.25 (must be <= 15)"
     ok, reason = verify_gate({"gate": {"passed": "yes"}})
     assert not ok and reason.startswith("failed")
     ok, _ = verify_gate({"gate": {"passed": True, "report_sha256": "ab" * 32}})
     assert ok
+
+
+def test_new_thresholds_rejudge_the_same_measurements_without_rerunning(
+    ckpt_path: Path, fgsm_gate: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thresholds do not change what the attacks measure: a second gate run with other thresholds
+    re-judges the existing report; other attack settings measure again."""
+    import training.gate as gate_module
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    first = gate_checkpoint(model, ckpt, None, tmp_path / "report", fgsm_gate)
+    assert first["passed"] is True
+
+    def must_not_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("the attacks were run again")
+
+    monkeypatch.setattr(gate_module, "evaluate_model", must_not_run)
+    strict = gate_checkpoint(
+        model,
+        ckpt,
+        None,
+        tmp_path / "report",
+        fgsm_gate,
+        overrides={"attacks.fgsm.thresholds.min_strength": 1e6},
+    )
+    assert strict["passed"] is False
+    assert [r["metric"] for r in strict["failures"]] == ["mean_abs_delta"]
+    assert strict["report_sha256"] != first["report_sha256"]
+    with pytest.raises(AssertionError, match="run again"):
+        gate_checkpoint(
+            model, ckpt, None, tmp_path / "report", fgsm_gate, overrides={"attacks.fgsm.params.eps": 0.01}
+        )

@@ -23,6 +23,7 @@ from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 from serving.model_store import resolve_model_version
 from serving.pipeline import score_image_bytes
 from tests.conftest import run_gateway
+from tests.gate_fixtures import ci_manifest
 from training.data.dataset import read_split
 from training.utils import load_checkpoint
 
@@ -42,9 +43,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def manifest(workdir: Path) -> Path:
-    _run("training/build_dataset.py", "--out", str(workdir / "data"), "--size", "ci")
-    return workdir / "data" / "manifest.csv"
+def manifest() -> Path:
+    return ci_manifest()
 
 
 def _train(workdir: Path, manifest: Path, name: str, lam: float) -> Path:

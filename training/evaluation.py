@@ -18,6 +18,7 @@ gate's business (training/gate.py).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -46,6 +47,7 @@ __all__ = [
     "config_sha256",
     "evaluate_model",
     "load_eval_data",
+    "measurement_sha256",
     "select_attacks",
     "validate_config",
     "weights_sha256",
@@ -95,6 +97,23 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             kind = entry.get("attack")
             raise ValueError(f"gate config: attack {name!r}: {kind!r} is not a registered attack")
     return cfg
+
+
+def measurement_sha256(cfg: dict[str, Any]) -> str:
+    """SHA-256 of what the evaluation *measures*: the config without its verdict settings (thresholds,
+    ``required`` flags, the clean floors, gradient-norm ceilings, the surrogate's path; the surrogate
+    is identified by its weights). Two reports with the same weights and this hash hold the same
+    numbers, so the gate can re-judge a report under new thresholds without re-running the attacks."""
+    measured = copy.deepcopy(cfg)
+    measured.pop("clean", None)
+    measured.pop("surrogate_checkpoint", None)
+    for entry in (measured.get("attacks") or {}).values():
+        entry.pop("thresholds", None)
+        entry.pop("required", None)
+    if isinstance(measured.get("grad_norm"), dict):
+        measured["grad_norm"] = {k: v for k, v in measured["grad_norm"].items()
+                                 if k in {"enabled", "max_images", "h"}}
+    return config_sha256(measured)
 
 
 def config_sha256(cfg: dict[str, Any]) -> str:
@@ -436,5 +455,6 @@ def evaluate_model(
         "surrogate_weights_sha256": ctx.surrogate_id,
         "config": cfg,
         "config_sha256": config_sha256(cfg),
+        "measurement_sha256": measurement_sha256(cfg),
     }
     return report

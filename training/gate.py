@@ -29,8 +29,16 @@ from torch.utils.data import DataLoader
 
 from training.attacks.base import model_device
 from training.data.dataset import ManifestDataset
-from training.evaluation import EvalData, config_sha256, evaluate_model, load_eval_data, validate_config
-from training.report import write_report
+from training.evaluation import (
+    EvalData,
+    config_sha256,
+    evaluate_model,
+    load_eval_data,
+    measurement_sha256,
+    validate_config,
+    weights_sha256,
+)
+from training.report import load_report, write_report
 from training.utils import load_checkpoint, load_yaml_config, model_from_checkpoint, parse_overrides
 
 __all__ = [
@@ -126,12 +134,19 @@ def _row(section: str, metric: str, value: Any, op: str, threshold: Any) -> dict
         ok = math.isfinite(number) and (number <= threshold if op == "<=" else number >= threshold)
     else:
         ok = False  # missing or NaN metric: the gate cannot vouch for it
-    return {"section": section, "metric": metric, "value": value, "op": op, "threshold": threshold,
-            "passed": bool(ok)}
+    return {
+        "section": section,
+        "metric": metric,
+        "value": value,
+        "op": op,
+        "threshold": threshold,
+        "passed": bool(ok),
+    }
 
 
-def _threshold_rows(section: str, result: Any, thresholds: Mapping[str, Any],
-                    table: Mapping[str, tuple[str, str]]) -> list[dict[str, Any]]:
+def _threshold_rows(
+    section: str, result: Any, thresholds: Mapping[str, Any], table: Mapping[str, tuple[str, str]]
+) -> list[dict[str, Any]]:
     rows = []
     for key, (path, op) in table.items():
         threshold = thresholds.get(key)
@@ -152,8 +167,16 @@ def check_report(report: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str,
             rows += _threshold_rows(name, result, entry.get("thresholds") or {}, ATTACK_THRESHOLDS)
         elif status == "error" or entry.get("required", True):
             value = f"{status} ({result.get('reason', '')})"
-            rows.append({"section": name, "metric": "status", "value": value, "op": "==",
-                         "threshold": "ok", "passed": False})
+            rows.append(
+                {
+                    "section": name,
+                    "metric": "status",
+                    "value": value,
+                    "op": "==",
+                    "threshold": "ok",
+                    "passed": False,
+                }
+            )
     gn = cfg.get("grad_norm") or {}
     if any(gn.get(k) is not None for k in GRAD_NORM_THRESHOLDS):
         rows += _threshold_rows("grad_norm", report.get("grad_norm"), gn, GRAD_NORM_THRESHOLDS)
@@ -205,6 +228,24 @@ def _cache_dir(surrogate_path: str | Path | None, report_dir: Path) -> Path:
     return report_dir
 
 
+def _reusable_report(
+    model: nn.Module, data: EvalData, cfg: dict[str, Any], report_dir: Path, surrogate: nn.Module | None
+) -> dict[str, Any] | None:
+    path = report_dir / "report.json"
+    if not path.is_file():
+        return None
+    report = load_report(report_dir)
+    meta = report.get("meta", {})
+    surrogate_sha = weights_sha256(surrogate) if surrogate is not None else None
+    same = (
+        meta.get("weights_sha256") == weights_sha256(model)
+        and meta.get("measurement_sha256") == measurement_sha256(cfg)
+        and meta.get("surrogate_weights_sha256") == surrogate_sha
+        and meta.get("paths") == list(data.paths)
+    )
+    return report if same else None
+
+
 def run_gate(
     model: nn.Module,
     data: EvalData,
@@ -217,13 +258,28 @@ def run_gate(
     h: float = 0.01,
     meta: Mapping[str, Any] | None = None,
     title: str = "Attack evaluation",
+    reuse: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``data``, judge the report, write it; returns the verdict dict."""
+    """Evaluate ``model`` on ``data``, judge the report, write it; returns the verdict dict.
+
+    With ``reuse``, an existing ``report_dir/report.json`` measured on the same weights, images,
+    surrogate and measurement settings (``measurement_sha256``) is re-judged instead of re-run:
+    thresholds do not change what the attacks measure."""
     report_dir = Path(report_dir)
-    report = evaluate_model(
-        model, data, cfg, attacks=attacks, surrogate=surrogate, h=h,
-        cache_dir=_cache_dir(surrogate_path, report_dir),
-    )
+    report = _reusable_report(model, data, cfg, report_dir, surrogate) if reuse and attacks is None else None
+    if report is None:
+        report = evaluate_model(
+            model,
+            data,
+            cfg,
+            attacks=attacks,
+            surrogate=surrogate,
+            h=h,
+            cache_dir=_cache_dir(surrogate_path, report_dir),
+        )
+    else:
+        log.info("re-judging the measurements in %s (same weights, images and attack settings)", report_dir)
+        report["meta"].update({"config": cfg, "config_sha256": config_sha256(cfg)})
     report["meta"].update(meta or {})
     report["meta"]["surrogate_checkpoint"] = str(surrogate_path) if surrogate is not None else None
     verdict = check_report(report, cfg)
@@ -274,14 +330,23 @@ def gate_checkpoint(
     if not isinstance(dataset, ManifestDataset):
         if not manifest:
             raise ValueError("gate: no test loader and no data.manifest in the checkpoint's args")
-        dataset = ManifestDataset(manifest, cfg.get("split", "test"), model.preprocess_cfg, train=False,
-                                  cache=False)
+        dataset = ManifestDataset(
+            manifest, cfg.get("split", "test"), model.preprocess_cfg, train=False, cache=False
+        )
     data = load_eval_data(dataset, cfg["num_images"], int(cfg.get("seed", 0)))
     surrogate_path = surrogate_path or cfg.get("surrogate_checkpoint")
     surrogate = load_surrogate(surrogate_path, model_device(model))
     meta = checkpoint_meta(ckpt, manifest, cfg.get("split", "test"))
-    return run_gate(model, data, cfg, report_dir, surrogate=surrogate, surrogate_path=surrogate_path,
-                    h=nt_step(ckpt), meta=meta)
+    return run_gate(
+        model,
+        data,
+        cfg,
+        report_dir,
+        surrogate=surrogate,
+        surrogate_path=surrogate_path,
+        h=nt_step(ckpt),
+        meta=meta,
+    )
 
 
 def verify_gate(ckpt: Mapping[str, Any]) -> tuple[bool, str]:

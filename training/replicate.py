@@ -32,7 +32,7 @@ from typing import Any
 
 from training import train as train_script
 from training.data.dataset import ManifestDataset
-from training.evaluation import EvalData, config_sha256, load_eval_data, weights_sha256
+from training.evaluation import EvalData, load_eval_data, measurement_sha256, weights_sha256
 from training.gate import load_gate_config, nt_step, run_gate
 from training.report import comparison_tables, fmt, load_report, plot_ablation, write_plots
 from training.utils import load_checkpoint, model_from_checkpoint, resolve_device
@@ -176,7 +176,7 @@ class Evaluator:
         if existing.is_file():
             meta = load_report(report_dir).get("meta", {})
             if (meta.get("weights_sha256") == weights_sha256(model)
-                    and meta.get("config_sha256") == config_sha256(cfg)
+                    and meta.get("measurement_sha256") == measurement_sha256(cfg)
                     and meta.get("surrogate_weights_sha256") == self.surrogate_sha):
                 log.info("reusing the evaluation in %s", report_dir)
                 return load_report(report_dir)
