@@ -250,3 +250,43 @@ def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> No
     before = (tmp_path / "runs" / "eval" / "nt" / "report.json").stat().st_mtime_ns
     assert replicate.cli([*argv, "--skip-train"]) == 0
     assert (tmp_path / "runs" / "eval" / "nt" / "report.json").stat().st_mtime_ns == before
+
+
+def test_replicate_reuses_runs_trained_elsewhere_and_plans_ablations_on_their_manifest() -> None:
+    """A run trained with another output_dir or with the gate at its end has the same weights; the
+    ablation grid trains on --ablation-manifest while the main runs keep --manifest."""
+    from training import replicate
+
+    a = {
+        "seed": 0,
+        "output_dir": "runs/default",
+        "nt": {"lam": 0.001},
+        "train": {"gate": True, "resume": "x"},
+    }
+    b = {"seed": 0, "output_dir": "runs/replicate/nt", "nt": {"lam": 0.001}, "train": {"gate": False}}
+    assert replicate._without_resume(a) == replicate._without_resume(b)
+    assert replicate._without_resume(a) != replicate._without_resume({**b, "nt": {"lam": 0.0}})
+
+    args = replicate.get_args_parser().parse_args(
+        [
+            "--manifest",
+            "full.csv",
+            "--ablation-manifest",
+            "small.csv",
+            "--lams",
+            "0",
+            "0.01",
+            "--hs",
+            "0.1",
+            "--surrogate-epochs",
+            "1",
+        ]
+    )
+    plan = replicate.plan_runs(args)
+    assert {r.manifest for r in plan.lam_runs.values()} | {r.manifest for r in plan.h_runs.values()} == {
+        "small.csv"
+    }
+    assert plan.runs["nt"].manifest is None and plan.runs["surrogate"].epochs == 1
+    argv = replicate._train_argv(plan.lam_runs[0.01], args, Path("out"))
+    assert "data.manifest=small.csv" in argv and "nt.lam=0.01" in argv
+    assert "data.manifest=full.csv" in replicate._train_argv(plan.runs["nt"], args, Path("out"))

@@ -59,6 +59,7 @@ class Run:
     h: float
     epochs: int | None
     max_steps: int | None
+    manifest: str | None = None  # None: --manifest (else the config's)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,15 +75,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="auto | cpu | cuda (training and evaluation)")
     g.add_argument("--set", nargs="*", default=[], metavar="key=value", help="more training overrides")
     g.add_argument("--skip-train", action="store_true", help="only evaluate existing checkpoints")
+    g.add_argument("--surrogate-epochs", type=int, help="optim.epochs of the surrogate (default --epochs)")
     g = p.add_argument_group("ablations (Fig. 7, Table 4)")
-    g.add_argument("--lams", nargs="*", type=float, default=[0.0, 0.0005, 0.001, 0.002, 0.003],
-                   help="λ values at h = 0.01 (empty: no λ ablation)")
-    g.add_argument("--hs", nargs="*", type=float, default=[0.001, 0.01, 0.1, 1.0],
-                   help="h values at λ = --h-lam (empty: no h ablation)")
+    g.add_argument(
+        "--lams",
+        nargs="*",
+        type=float,
+        default=[0.0, 0.0005, 0.001, 0.002, 0.003],
+        help="λ values at h = 0.01 (empty: no λ ablation)",
+    )
+    g.add_argument(
+        "--hs",
+        nargs="*",
+        type=float,
+        default=[0.001, 0.01, 0.1, 1.0],
+        help="h values at λ = --h-lam (empty: no h ablation)",
+    )
     g.add_argument("--h-lam", type=float, help="λ of the h ablation (default: the NT run's λ)")
     g.add_argument("--ablation-epochs", type=int, help="optim.epochs of ablation runs (default --epochs)")
     g.add_argument("--ablation-max-steps", type=int, help="max steps per epoch of ablation runs")
     g.add_argument("--ablation-images", type=int, help="test images of the ablation evaluations")
+    g.add_argument(
+        "--ablation-manifest",
+        help="manifest of the ablation runs (default --manifest), e.g. a "
+        "smaller offline set so the grid fits a CPU budget; each run is evaluated on its own",
+    )
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--gate-config", help="gate YAML of the attacks (default training/configs/gate.yaml)")
     g.add_argument("--gate-set", nargs="*", default=[], metavar="key=value", help="gate-config overrides")
@@ -97,8 +114,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _train_argv(run: Run, args: argparse.Namespace, out: Path, resume: Path | None = None) -> list[str]:
     overrides = [f"seed={run.seed}", f"nt.lam={run.lam}", f"nt.h={run.h}", "train.gate=false", *args.set]
-    if args.manifest:
-        overrides.append(f"data.manifest={args.manifest}")
+    manifest = run.manifest or args.manifest
+    if manifest:
+        overrides.append(f"data.manifest={manifest}")
     if run.epochs is not None:
         overrides.append(f"optim.epochs={run.epochs}")
     if run.max_steps is not None:
@@ -111,8 +129,14 @@ def _train_argv(run: Run, args: argparse.Namespace, out: Path, resume: Path | No
     return [*argv, *overrides]
 
 
+# Settings that do not change the trained weights: a run trained elsewhere (another output_dir, with
+# or without the gate at its end, resumed or not) is the same run.
+_NOT_WEIGHTS = {"output_dir": None, "train": ("resume", "gate")}
+
+
 def _without_resume(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {**cfg, "train": {k: v for k, v in cfg.get("train", {}).items() if k != "resume"}}
+    train = {k: v for k, v in cfg.get("train", {}).items() if k not in _NOT_WEIGHTS["train"]}
+    return {**{k: v for k, v in cfg.items() if k != "output_dir"}, "train": train}
 
 
 def train_run(run: Run, args: argparse.Namespace, out: Path) -> Path | None:
@@ -133,8 +157,14 @@ def train_run(run: Run, args: argparse.Namespace, out: Path) -> Path | None:
         unfinished = int(state["epoch"]) + 1 < int(wanted["optim"]["epochs"])
         if unfinished and _without_resume(state.get("args", {})) == wanted:
             resume = last
-    log.info("%s: training (seed %d, λ %g, h %g)%s", run.name, run.seed, run.lam, run.h,
-             f", resuming {last}" if resume else "")
+    log.info(
+        "%s: training (seed %d, λ %g, h %g)%s",
+        run.name,
+        run.seed,
+        run.lam,
+        run.h,
+        f", resuming {last}" if resume else "",
+    )
     code = train_script.main(parser.parse_args(_train_argv(run, args, out, resume)))
     if code != 0 or not best.is_file():
         raise RuntimeError(f"training {run.name} failed (exit {code})")
@@ -147,8 +177,9 @@ def train_run(run: Run, args: argparse.Namespace, out: Path) -> Path | None:
 class Evaluator:
     """Evaluates checkpoints with one gate config and surrogate; reuses matching reports."""
 
-    def __init__(self, cfg: dict[str, Any], surrogate_path: Path | None, device: str | None,
-                 manifest: str | None) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], surrogate_path: Path | None, device: str | None, manifest: str | None
+    ) -> None:
         self.cfg = cfg
         self.device = resolve_device(device or "auto")
         self.surrogate_path = surrogate_path
@@ -162,31 +193,54 @@ class Evaluator:
     def _images(self, manifest: str, model: Any, num_images: int | None) -> EvalData:
         key = (manifest, model.preprocess_cfg.to_json(), num_images)
         if key not in self._data:
-            ds = ManifestDataset(manifest, self.cfg.get("split", "test"), model.preprocess_cfg, train=False,
-                                 cache=False)
+            ds = ManifestDataset(
+                manifest, self.cfg.get("split", "test"), model.preprocess_cfg, train=False, cache=False
+            )
             self._data[key] = load_eval_data(ds, num_images, int(self.cfg.get("seed", 0)))
         return self._data[key]
 
-    def __call__(self, ckpt_path: Path, report_dir: Path, cfg: dict[str, Any] | None = None,
-                 title: str = "") -> dict[str, Any]:
+    def __call__(
+        self,
+        ckpt_path: Path,
+        report_dir: Path,
+        cfg: dict[str, Any] | None = None,
+        title: str = "",
+        manifest: str | None = None,
+    ) -> dict[str, Any]:
         cfg = cfg or self.cfg
         ckpt = load_checkpoint(ckpt_path)
         model = model_from_checkpoint(ckpt).to(self.device)
         existing = report_dir / "report.json"
         if existing.is_file():
             meta = load_report(report_dir).get("meta", {})
-            if (meta.get("weights_sha256") == weights_sha256(model)
-                    and meta.get("measurement_sha256") == measurement_sha256(cfg)
-                    and meta.get("surrogate_weights_sha256") == self.surrogate_sha):
+            if (
+                meta.get("weights_sha256") == weights_sha256(model)
+                and meta.get("measurement_sha256") == measurement_sha256(cfg)
+                and meta.get("surrogate_weights_sha256") == self.surrogate_sha
+            ):
                 log.info("reusing the evaluation in %s", report_dir)
                 return load_report(report_dir)
-        manifest = self.manifest or ckpt["args"]["data"]["manifest"]
+        manifest = manifest or self.manifest or ckpt["args"]["data"]["manifest"]
         data = self._images(manifest, model, cfg["num_images"])
-        meta = {"checkpoint": str(ckpt_path), "manifest": str(manifest), "split": cfg.get("split", "test"),
-                "model_name": ckpt.get("model_name"), "nt": ckpt.get("args", {}).get("nt"),
-                "test_metrics": ckpt.get("test_metrics")}
-        run_gate(model, data, cfg, report_dir, surrogate=self.surrogate, surrogate_path=self.surrogate_path,
-                 h=nt_step(ckpt), meta=meta, title=title or f"Attack evaluation of {ckpt_path}")
+        meta = {
+            "checkpoint": str(ckpt_path),
+            "manifest": str(manifest),
+            "split": cfg.get("split", "test"),
+            "model_name": ckpt.get("model_name"),
+            "nt": ckpt.get("args", {}).get("nt"),
+            "test_metrics": ckpt.get("test_metrics"),
+        }
+        run_gate(
+            model,
+            data,
+            cfg,
+            report_dir,
+            surrogate=self.surrogate,
+            surrogate_path=self.surrogate_path,
+            h=nt_step(ckpt),
+            meta=meta,
+            title=title or f"Attack evaluation of {ckpt_path}",
+        )
         return load_report(report_dir)
 
 
@@ -195,8 +249,12 @@ def ablation_config(cfg: dict[str, Any], num_images: int | None) -> dict[str, An
     fgsm = {k: v for k, v in cfg["attacks"].items() if v["attack"] == "fgsm"}
     if not fgsm:
         raise ValueError("the gate config has no fgsm section, which the ablations need")
-    out = {**cfg, "attacks": fgsm, "grad_norm": {**(cfg.get("grad_norm") or {}), "enabled": False},
-           "sweep": {**(cfg.get("sweep") or {}), "enabled": False}}
+    out = {
+        **cfg,
+        "attacks": fgsm,
+        "grad_norm": {**(cfg.get("grad_norm") or {}), "enabled": False},
+        "sweep": {**(cfg.get("sweep") or {}), "enabled": False},
+    }
     if num_images is not None:
         out["num_images"] = num_images
     return out
@@ -233,29 +291,61 @@ def target_rows(base: dict[str, Any], nt: dict[str, Any]) -> list[dict[str, Any]
     b = fgsm_b[1]["metrics"]["clean_vs_adv"]["rmse"] if fgsm_b else None
     n = fgsm_n[1]["metrics"]["clean_vs_adv"]["rmse"] if fgsm_n else None
     red = _reduction(b, n)
-    rows.append({"name": "FGSM before/after RMSE reduction", "base": b, "nt": n, "change": red,
-                 "unit": "%", "target": f"≥ {TARGETS['fgsm_rmse_reduction']:g}%",
-                 "met": red is not None and red >= TARGETS["fgsm_rmse_reduction"]})
+    rows.append(
+        {
+            "name": "FGSM before/after RMSE reduction",
+            "base": b,
+            "nt": n,
+            "change": red,
+            "unit": "%",
+            "target": f"≥ {TARGETS['fgsm_rmse_reduction']:g}%",
+            "met": red is not None and red >= TARGETS["fgsm_rmse_reduction"],
+        }
+    )
     b = base.get("grad_norm", {}).get("median_exact")
     n = nt.get("grad_norm", {}).get("median_exact")
     red = _reduction(b, n)
-    rows.append({"name": "median ‖∇ₓf‖₁ reduction", "base": b, "nt": n, "change": red, "unit": "%",
-                 "target": f"≥ {TARGETS['grad_norm_reduction']:g}%",
-                 "met": red is not None and red >= TARGETS["grad_norm_reduction"]})
+    rows.append(
+        {
+            "name": "median ‖∇ₓf‖₁ reduction",
+            "base": b,
+            "nt": n,
+            "change": red,
+            "unit": "%",
+            "target": f"≥ {TARGETS['grad_norm_reduction']:g}%",
+            "met": red is not None and red >= TARGETS["grad_norm_reduction"],
+        }
+    )
     b = base.get("clean", {}).get("served", {}).get("srocc")
     n = nt.get("clean", {}).get("served", {}).get("srocc")
     loss = (b - n) if b is not None and n is not None else None
-    rows.append({"name": "clean SROCC loss (baseline − NT)", "base": b, "nt": n, "change": loss, "unit": "",
-                 "target": f"≤ {TARGETS['srocc_loss']:g}",
-                 "met": loss is not None and loss <= TARGETS["srocc_loss"]})
+    rows.append(
+        {
+            "name": "clean SROCC loss (baseline − NT)",
+            "base": b,
+            "nt": n,
+            "change": loss,
+            "unit": "",
+            "target": f"≤ {TARGETS['srocc_loss']:g}",
+            "met": loss is not None and loss <= TARGETS["srocc_loss"],
+        }
+    )
     pgd_b, pgd_n = _section(base, "pgd", 2 / 255), _section(nt, "pgd", 2 / 255)
     b = pgd_b[1]["metrics"]["clean_vs_adv"]["rmse"] if pgd_b else None
     n = pgd_n[1]["metrics"]["clean_vs_adv"]["rmse"] if pgd_n else None
     steps = (pgd_b[1].get("params") or {}).get("steps", 10) if pgd_b else None
     red = _reduction(b, n)
-    rows.append({"name": f"PGD-{steps if steps else 10} at 2/255 before/after RMSE reduction", "base": b,
-                 "nt": n, "change": red, "unit": "%", "target": f"≥ {TARGETS['pgd_rmse_reduction']:g}%",
-                 "met": red is not None and red >= TARGETS["pgd_rmse_reduction"] and (steps or 0) >= 10})
+    rows.append(
+        {
+            "name": f"PGD-{steps if steps else 10} at 2/255 before/after RMSE reduction",
+            "base": b,
+            "nt": n,
+            "change": red,
+            "unit": "%",
+            "target": f"≥ {TARGETS['pgd_rmse_reduction']:g}%",
+            "met": red is not None and red >= TARGETS["pgd_rmse_reduction"] and (steps or 0) >= 10,
+        }
+    )
     return rows
 
 
@@ -265,8 +355,15 @@ def _ablation_rows(reports: dict[float, dict[str, Any]]) -> list[list[str]]:
         clean = r.get("clean", {}).get("served", {})
         f = _section(r, "fgsm")
         m = f[1]["metrics"]["clean_vs_adv"] if f else {}
-        rows.append([f"{value:g}", fmt(clean.get("srocc")), fmt(clean.get("rmse")), fmt(m.get("srocc")),
-                     fmt(m.get("rmse"))])
+        rows.append(
+            [
+                f"{value:g}",
+                fmt(clean.get("srocc")),
+                fmt(clean.get("rmse")),
+                fmt(m.get("srocc")),
+                fmt(m.get("rmse")),
+            ]
+        )
     return rows
 
 
@@ -288,37 +385,49 @@ def _dataset_kind(manifest: str) -> str:
 def _provenance(runs: dict[str, Run], meta: dict[str, Any], manifest: str) -> str:
     main = runs["nt"]
     budget = f"epochs = {main.epochs or 'config'}, max steps/epoch = {main.max_steps or 'config'}"
-    return _md_table(["", ""], [
-        ["manifest", f"`{manifest}`"],
-        ["labels", _dataset_kind(manifest)],
-        ["model", f"`{meta.get('model_name')}`"],
-        ["seed: baseline and NT / surrogate", f"{main.seed} / {runs['surrogate'].seed}"],
-        ["NT", f"λ = {main.lam:g}, h = {main.h:g}"],
-        ["training budget (main runs)", budget],
-        ["evaluated test images", str(meta.get("n_images"))],
-        ["crops: served / attacked", f"{meta.get('served_crops')} / {meta.get('attack_crops')}"],
-        ["gate config sha256", f"`{meta.get('config_sha256')}`"],
-    ])
+    return _md_table(
+        ["", ""],
+        [
+            ["manifest", f"`{manifest}`"],
+            ["labels", _dataset_kind(manifest)],
+            ["model", f"`{meta.get('model_name')}`"],
+            ["seed: baseline and NT / surrogate", f"{main.seed} / {runs['surrogate'].seed}"],
+            ["NT", f"λ = {main.lam:g}, h = {main.h:g}"],
+            ["training budget (main runs)", budget],
+            ["evaluated test images", str(meta.get("n_images"))],
+            ["crops: served / attacked", f"{meta.get('served_crops')} / {meta.get('attack_crops')}"],
+            ["gate config sha256", f"`{meta.get('config_sha256')}`"],
+        ],
+    )
 
 
 def _targets_section(rows: list[dict[str, Any]]) -> list[str]:
     paper = -_reduction(PAPER["fgsm_before"], PAPER["fgsm_after"])  # type: ignore[operator]
     table = [
-        [r["name"], fmt(r["base"]), fmt(r["nt"]),
-         "n/a" if r["change"] is None else fmt(r["change"], 1 if r["unit"] else 3) + r["unit"],
-         r["target"], "**yes**" if r["met"] else "**NO**"]
+        [
+            r["name"],
+            fmt(r["base"]),
+            fmt(r["nt"]),
+            "n/a" if r["change"] is None else fmt(r["change"], 1 if r["unit"] else 3) + r["unit"],
+            r["target"],
+            "**yes**" if r["met"] else "**NO**",
+        ]
         for r in rows
     ]
     missed = [r["name"] for r in rows if not r["met"]]
     verdict = "**All targets were met.**" if not missed else f"**Not met:** {'; '.join(missed)}."
     return [
-        "## Targets", "",
+        "## Targets",
+        "",
         "The paper (Liu et al., HyperIQA): FGSM RMSE between the scores before and after the attack "
         f"{PAPER['fgsm_before']:.2f} → {PAPER['fgsm_after']:.2f} ({paper:.0f}%) at a clean SROCC change "
         f"of {PAPER['srocc_nt'] - PAPER['srocc_base']:+.3f}. Our targets: ≥ 60% reduction of the FGSM RMSE "
-        "and of the median ‖∇ₓf‖₁ at ≤ 0.02 clean-SROCC loss; ≥ 40% under PGD-10 at 2/255.", "",
-        _md_table(["Target", "baseline", "NT", "change", "target", "met"], table), "",
-        verdict, "",
+        "and of the median ‖∇ₓf‖₁ at ≤ 0.02 clean-SROCC loss; ≥ 40% under PGD-10 at 2/255.",
+        "",
+        _md_table(["Target", "baseline", "NT", "change", "target", "met"], table),
+        "",
+        verdict,
+        "",
     ]
 
 
@@ -330,14 +439,16 @@ def _ablation_section(title: str, key: str, reports: dict[float, dict[str, Any]]
 
 
 CAVEATS = [
-    "## Caveats", "",
+    "## Caveats",
+    "",
     "* The labels of the offline dataset are pseudo-MOS (KADID-10k anchors plus a full-reference "
     "adjustment), not human opinion; absolute clean numbers are not comparable with the paper's.",
     "* With the gate config's `scoring.attack_crops: 1` the attacks see the served score of the center "
     "crop (CPU budget); Table 1 always uses the served 5-crop score.",
     "* Several attacks run on a prefix of the evaluated images (`max_images` in the gate config); the "
     "`images` column says how many.",
-    "* CPU training budgets are far below the paper's (Table S5); see the budget row above.", "",
+    "* CPU training budgets are far below the paper's (Table S5); see the budget row above.",
+    "",
 ]
 
 
@@ -358,26 +469,37 @@ def write_results(
     plots = write_plots(pair, fig_dir)
     for key, label, log_x in (("lam", "λ (h = 0.01)", False), ("h", f"h (λ = {h_lam:g})", True)):
         reports = ablations[key]
-        if reports and plot_ablation(sorted(reports), *_ablation_series(reports), label,
-                                     fig_dir / f"ablation_{key}.png", log_x=log_x):
+        if reports and plot_ablation(
+            sorted(reports), *_ablation_series(reports), label, fig_dir / f"ablation_{key}.png", log_x=log_x
+        ):
             plots.append(f"ablation_{key}.png")
     ab_epochs = args.ablation_epochs or args.epochs or "config"
     ab_steps = args.ablation_max_steps or args.max_steps_per_epoch or "config"
-    budget = (f"Ablation runs use a reduced budget (epochs = {ab_epochs}, max steps/epoch = {ab_steps}) and "
-              "are evaluated on clean metrics and FGSM only: compare them with each other, not with the "
-              "main runs.")
+    budget = (
+        f"Ablation runs use a reduced budget (epochs = {ab_epochs}, max steps/epoch = {ab_steps}"
+        + (f", manifest `{args.ablation_manifest}`" if args.ablation_manifest else "")
+        + ") and are evaluated on clean metrics and FGSM only: compare them with each other, not with "
+        "the main runs."
+    )
     command = " ".join(["python training/replicate.py", *getattr(args, "argv", sys.argv[1:])])
     parts = [
-        "# Replication: baseline vs NT (norm-regularization training)", "",
-        f"Generated on {dt.date.today().isoformat()} by `{command}`.", "",
-        _provenance(runs, main_reports["nt"].get("meta", {}), manifest), "",
+        "# Replication: baseline vs NT (norm-regularization training)",
+        "",
+        f"Generated on {dt.date.today().isoformat()} by `{command}`.",
+        "",
+        _provenance(runs, main_reports["nt"].get("meta", {}), manifest),
+        "",
         *_targets_section(target_rows(main_reports["baseline"], main_reports["nt"])),
-        "## Baseline vs NT (layout of the paper's Tables 1-3, S8-S10)", "",
+        "## Baseline vs NT (layout of the paper's Tables 1-3, S8-S10)",
+        "",
         comparison_tables(pair),
-        "## Figures", "",
+        "## Figures",
+        "",
         "Fig. 4 (‖∇ₓf‖₁ distributions), Fig. 6 (I-FGSM intensity), Fig. S8-S11 (|Δscore| per image), "
-        "Fig. 7 (ablations):", "",
-        *[f"![{p}]({(rel / p).as_posix()})" for p in plots], "",
+        "Fig. 7 (ablations):",
+        "",
+        *[f"![{p}]({(rel / p).as_posix()})" for p in plots],
+        "",
         *_ablation_section("Ablation: λ at h = 0.01 (Fig. 7)", "λ", ablations["lam"], budget),
         *_ablation_section(f"Ablation: h at λ = {h_lam:g} (Table 4)", "h", ablations["h"], budget),
         *CAVEATS,
@@ -426,11 +548,18 @@ def plan_runs(args: argparse.Namespace) -> Plan:
         runs={
             "baseline": Run("baseline", seed, 0.0, h, epochs, steps),
             "nt": Run("nt", seed, lam, h, epochs, steps),
-            "surrogate": Run("surrogate", seed + 1, 0.0, h, epochs, steps),
+            "surrogate": Run("surrogate", seed + 1, 0.0, h, args.surrogate_epochs or epochs, steps),
         },
-        lam_runs={v: Run(f"ablation/lam{v:g}_h0.01", seed, v, 0.01, ab_epochs, ab_steps) for v in args.lams},
-        h_runs={v: Run(f"ablation/lam{h_lam:g}_h{v:g}", seed, h_lam, v, ab_epochs, ab_steps)
-                for v in args.hs},
+        lam_runs={
+            v: Run(f"ablation/lam{v:g}_h0.01", seed, v, 0.01, ab_epochs, ab_steps, args.ablation_manifest)
+            for v in args.lams
+        },
+        h_runs={
+            v: Run(
+                f"ablation/lam{h_lam:g}_h{v:g}", seed, h_lam, v, ab_epochs, ab_steps, args.ablation_manifest
+            )
+            for v in args.hs
+        },
         h_lam=h_lam,
     )
 
@@ -464,7 +593,9 @@ def main(args: argparse.Namespace) -> int:
                 log.warning("ablation %s has no checkpoint; left out", run.name)
                 continue
             report_dir = out / "eval" / run.name
-            ablations[key][value] = evaluate(path, report_dir, ab_cfg, title=f"Ablation {run.name}")
+            ablations[key][value] = evaluate(
+                path, report_dir, ab_cfg, title=f"Ablation {run.name}", manifest=run.manifest
+            )
     path = write_results(args, plan.runs, reports, ablations, plan.h_lam, plan.manifest)
     print(f"results: {path}")
     for r in target_rows(reports["baseline"], reports["nt"]):
