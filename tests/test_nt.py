@@ -141,3 +141,11 @@ def test_model_registry_refuses_duplicates_and_drops_none() -> None:
         create_model("nope")
     model = create_model("effnet_lite0", backbone_weights="none", head_hidden=None)
     assert model.head.fc1.out_features == 128  # None did not override the default
+
+
+def test_cli_overrides_read_exponent_floats_as_numbers() -> None:
+    from training.utils import parse_overrides
+
+    got = parse_overrides(["nt.lam=1e-05", "nt.h=0.01", "optim.lr=3E-4", "seed=1", "data.manifest=a/1e5.csv"])
+    assert got == {"nt.lam": 1e-05, "nt.h": 0.01, "optim.lr": 3e-4, "seed": 1, "data.manifest": "a/1e5.csv"}
+    assert isinstance(got["nt.lam"], float)
