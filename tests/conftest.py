@@ -233,3 +233,15 @@ def tiny_gateway(tiny_model_repository: Path) -> Iterator[GatewayServer]:
 
 # END gateway fixtures
 # =====================================================================================
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest, and most predictably on a shared 2-core machine, on one thread.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

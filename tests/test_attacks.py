@@ -30,13 +30,7 @@ ALL_ATTACKS = {"fgsm", "ifgsm", "pgd", "perceptual", "uap", "korhonen", "square"
 EPS = {"fgsm": 0.005, "ifgsm": 0.005, "pgd": 4 / 255, "korhonen": 4 / 255, "square": 4 / 255, "uap": 0.04}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny convolutions run fastest (and most predictably on a shared machine) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ SMALL = PreprocessConfig(short_side=96, max_long_side=128, crop_size=64, num_eva
 PAPER_TABLES = ("Table 1.", "Table 2.", "Table 3.", "Table S8.", "Table S9.", "Table S10.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

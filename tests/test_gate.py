@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.gate_fixtures import TINY_GATE, ci_manifest, tiny_checkpoint, write_gate_config
 from training import evaluate
@@ -27,12 +26,7 @@ from training.utils import load_checkpoint, model_from_checkpoint
 FGSM_ONLY = {"fgsm": copy.deepcopy(TINY_GATE["attacks"]["fgsm"])}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

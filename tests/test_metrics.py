@@ -26,13 +26,7 @@ from training.metrics import (
     srocc,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- accuracy metrics on tiny arrays ----------------------------------------------------------
