@@ -327,6 +327,10 @@ def test_new_thresholds_rejudge_the_same_measurements_without_rerunning(
         raise AssertionError("the attacks were run again")
 
     monkeypatch.setattr(gate_module, "evaluate_model", must_not_run)
+    # evaluate.py (default --attacks all) re-judges the report train.py's gate wrote
+    report = str(tmp_path / "report")
+    code = evaluate.cli(["--checkpoint", str(ckpt_path), "--gate-config", str(fgsm_gate), "--report", report])
+    assert code == 0
     strict = gate_checkpoint(
         model,
         ckpt,

@@ -35,6 +35,7 @@ from training.evaluation import (
     evaluate_model,
     load_eval_data,
     measurement_sha256,
+    select_attacks,
     validate_config,
     weights_sha256,
 )
@@ -266,7 +267,9 @@ def run_gate(
     surrogate and measurement settings (``measurement_sha256``) is re-judged instead of re-run:
     thresholds do not change what the attacks measure."""
     report_dir = Path(report_dir)
-    report = _reusable_report(model, data, cfg, report_dir, surrogate) if reuse and attacks is None else None
+    # Only a report of every enabled section can be re-judged (``--attacks all`` is the full set too).
+    full = attacks is None or set(select_attacks(cfg, attacks)) == set(select_attacks(cfg, None))
+    report = _reusable_report(model, data, cfg, report_dir, surrogate) if reuse and full else None
     if report is None:
         report = evaluate_model(
             model,
