@@ -13,7 +13,7 @@ import pytest
 from tests.gate_fixtures import TINY_GATE, ci_manifest, tiny_checkpoint, write_gate_config
 from training import evaluate
 from training.data.dataset import ManifestDataset
-from training.evaluation import evaluate_model, load_eval_data
+from training.evaluation import add_derived_metrics, evaluate_model, load_eval_data
 from training.gate import (
     DEFAULT_GATE_CONFIG,
     check_report,
@@ -133,6 +133,29 @@ def test_check_report_rows() -> None:
     cfg = _cfg()
     cfg["grad_norm"] = {"median_max": 50.0}
     assert check_report(_report(), cfg)["failures"][0]["section"] == "grad_norm"
+
+
+def test_a_squeezed_score_range_fails_the_spread_floor_and_relative_rmse_is_judged() -> None:
+    report = _report()
+    report["clean"]["served"]["score_std"] = 2.8
+    cfg = _cfg(rel_rmse_clean_vs_adv_max=1.0)
+    cfg["clean"]["score_std_min"] = 5.0
+    report["attacks"]["fgsm"]["metrics"]["rel_rmse"] = 1.2
+    failures = {(r["section"], r["metric"]) for r in check_report(report, cfg)["failures"]}
+    assert failures == {("clean", "score_std"), ("fgsm", "rel_rmse")}
+    report["clean"]["served"]["score_std"] = 8.2
+    report["attacks"]["fgsm"]["metrics"]["rel_rmse"] = 0.9
+    assert check_report(report, cfg)["passed"]
+
+
+def test_reports_measured_before_the_derived_metrics_get_them_from_their_per_image_scores() -> None:
+    report = _report(per_image={"clean": [40.0, 44.0], "adv": [42.0, 44.0], "mos": [30.0, 60.0]})
+    report["clean"]["scores"] = [40.0, 44.0]
+    add_derived_metrics(report)
+    assert report["clean"]["served"]["score_std"] == pytest.approx(2.0)
+    assert report["attacks"]["fgsm"]["metrics"]["rel_rmse"] == pytest.approx(math.sqrt(2.0) / 2.0)
+    report["attacks"]["fgsm"]["metrics"]["rel_rmse"] = 0.5  # present: kept as measured
+    assert add_derived_metrics(report)["attacks"]["fgsm"]["metrics"]["rel_rmse"] == 0.5
 
 
 def test_not_run_fails_only_when_required_and_errors_always_fail() -> None:

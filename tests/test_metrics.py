@@ -22,6 +22,7 @@ from training.metrics import (
     logistic_4param,
     plcc,
     r_robustness,
+    relative_rmse,
     rmse,
     srocc,
 )
@@ -115,6 +116,17 @@ def test_attack_metrics_both_ways() -> None:
     assert out["clean_vs_adv"]["rmse"] == pytest.approx(rmse(adv, clean))
     assert out["r"] == pytest.approx(r_robustness(clean, adv))
     assert out["mean_abs_delta"] == pytest.approx(np.mean(np.abs(np.subtract(adv, clean))))
+    assert out["rel_rmse"] == pytest.approx(relative_rmse(clean, adv))
+
+
+def test_relative_rmse_hand_value_and_blind_to_output_scale() -> None:
+    clean, adv = np.array([0.0, 2.0]), np.array([1.0, 2.0])  # std(clean) = 1, RMSE = sqrt(1/2)
+    assert relative_rmse(clean, adv) == pytest.approx(math.sqrt(0.5))
+    # A model that squeezes its scores 6x around 45 moves 6x fewer raw points, and is no more robust.
+    squeezed_clean, squeezed_adv = 45 + (clean - 1) / 6, 45 + (adv - 1) / 6
+    assert rmse(squeezed_adv, squeezed_clean) == pytest.approx(rmse(adv, clean) / 6)
+    assert relative_rmse(squeezed_clean, squeezed_adv) == pytest.approx(relative_rmse(clean, adv))
+    assert math.isnan(relative_rmse([50.0, 50.0], [49.0, 51.0]))
 
 
 # --- gradient norms ---------------------------------------------------------------------------

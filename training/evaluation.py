@@ -38,12 +38,13 @@ from tqdm import tqdm
 from training.attacks import UAP, Attack, create_attack, is_attack, run_attack
 from training.attacks.base import eval_mode, model_device
 from training.data.dataset import ManifestDataset
-from training.metrics import attack_metrics, grad_norm_report, iqa_metrics
+from training.metrics import attack_metrics, grad_norm_report, iqa_metrics, relative_rmse
 from training.scoring import CropScorer
 
 __all__ = [
     "SURROGATE_ATTACKS",
     "EvalData",
+    "add_derived_metrics",
     "config_sha256",
     "evaluate_model",
     "load_eval_data",
@@ -375,8 +376,8 @@ def _clean(ctx: _Context) -> dict[str, Any]:
     fit_logistic = bool(ctx.cfg.get("fit_logistic", False))
     scores = _scores(ctx.served, ctx.data, ctx.batch_size)
     clean: dict[str, Any] = {
-        "served": {**iqa_metrics(scores, ctx.data.mos, fit_logistic), "n_images": len(ctx.data),
-                   "num_crops": ctx.served.num_crops},
+        "served": {**iqa_metrics(scores, ctx.data.mos, fit_logistic), "score_std": float(np.std(scores)),
+                   "n_images": len(ctx.data), "num_crops": ctx.served.num_crops},
         "scores": scores.tolist(),
         "mos": ctx.data.mos.tolist(),
     }
@@ -385,6 +386,21 @@ def _clean(ctx: _Context) -> dict[str, Any]:
         clean["attack_scorer"] = {**iqa_metrics(attack_scores, ctx.data.mos, fit_logistic),
                                   "n_images": len(ctx.data), "num_crops": ctx.scorer.num_crops}
     return clean
+
+
+def add_derived_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """Fill in metrics that are functions of the stored per-image scores (the clean score spread, the
+    relative RMSE of each attack) where a report measured by an older version lacks them; in place."""
+    served = report.get("clean", {}).get("served")
+    scores = report.get("clean", {}).get("scores")
+    if isinstance(served, dict) and scores and "score_std" not in served:
+        served["score_std"] = float(np.std(np.asarray(scores, dtype=np.float64)))
+    for entry in (report.get("attacks") or {}).values():
+        per_image, metrics = entry.get("per_image"), entry.get("metrics")
+        missing = isinstance(metrics, dict) and "rel_rmse" not in metrics
+        if entry.get("status") == "ok" and per_image and missing:
+            metrics["rel_rmse"] = relative_rmse(per_image["clean"], per_image["adv"])
+    return report
 
 
 def _timed(seconds: dict[str, float], key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:

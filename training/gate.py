@@ -31,6 +31,7 @@ from training.attacks.base import model_device
 from training.data.dataset import ManifestDataset
 from training.evaluation import (
     EvalData,
+    add_derived_metrics,
     config_sha256,
     evaluate_model,
     load_eval_data,
@@ -70,12 +71,14 @@ ATTACK_THRESHOLDS: dict[str, tuple[str, str]] = {
     "srocc_mos_vs_adv_min": ("metrics.mos_vs_adv.srocc", ">="),
     "r_min": ("metrics.r", ">="),
     "min_strength": ("metrics.mean_abs_delta", ">="),
+    "rel_rmse_clean_vs_adv_max": ("metrics.rel_rmse", "<="),
 }
 CLEAN_THRESHOLDS: dict[str, tuple[str, str]] = {
     "srocc_min": ("served.srocc", ">="),
     "plcc_min": ("served.plcc", ">="),
     "krocc_min": ("served.krocc", ">="),
     "rmse_max": ("served.rmse", "<="),
+    "score_std_min": ("served.score_std", ">="),
 }
 GRAD_NORM_THRESHOLDS: dict[str, tuple[str, str]] = {"median_max": ("median_exact", "<=")}
 _GRAD_NORM_SETTINGS = {"enabled", "max_images", "h"}
@@ -282,6 +285,7 @@ def run_gate(
         )
     else:
         log.info("re-judging the measurements in %s (same weights, images and attack settings)", report_dir)
+        add_derived_metrics(report)
         report["meta"].update({"config": cfg, "config_sha256": config_sha256(cfg)})
     report["meta"].update(meta or {})
     report["meta"]["surrogate_checkpoint"] = str(surrogate_path) if surrogate is not None else None

@@ -38,6 +38,7 @@ __all__ = [
     "logistic_4param",
     "plcc",
     "r_robustness",
+    "relative_rmse",
     "rmse",
     "srocc",
 ]
@@ -171,7 +172,18 @@ def attack_metrics(
         "clean_vs_adv": iqa_metrics(adv_a, clean_a, fit_logistic),
         "r": r_robustness(clean_a, adv_a, beta1, beta2),
         "mean_abs_delta": float(np.mean(np.abs(adv_a - clean_a))),
+        "rel_rmse": relative_rmse(clean_a, adv_a),
     }
+
+
+def relative_rmse(clean: ArrayLike, adv: ArrayLike) -> float:
+    """RMSE between the scores before and after an attack in units of the spread (standard deviation)
+    of the clean scores. Raw score points reward a model that squeezes all its scores into a narrow
+    band (the cheapest way to a small input gradient); this ratio does not: scaling the model's output
+    by any factor leaves it unchanged. NaN when the clean scores do not vary."""
+    f, f_adv = _pair(clean, adv)
+    spread = float(np.std(f))
+    return float(np.sqrt(np.mean((f_adv - f) ** 2)) / spread) if spread > 0 else float("nan")
 
 
 def grad_norm_l1(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

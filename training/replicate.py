@@ -32,7 +32,13 @@ from typing import Any
 
 from training import train as train_script
 from training.data.dataset import ManifestDataset
-from training.evaluation import EvalData, load_eval_data, measurement_sha256, weights_sha256
+from training.evaluation import (
+    EvalData,
+    add_derived_metrics,
+    load_eval_data,
+    measurement_sha256,
+    weights_sha256,
+)
 from training.gate import load_gate_config, nt_step, run_gate
 from training.report import comparison_tables, fmt, load_report, plot_ablation, write_plots
 from training.utils import load_checkpoint, model_from_checkpoint, resolve_device
@@ -219,7 +225,7 @@ class Evaluator:
                 and meta.get("surrogate_weights_sha256") == self.surrogate_sha
             ):
                 log.info("reusing the evaluation in %s", report_dir)
-                return load_report(report_dir)
+                return add_derived_metrics(load_report(report_dir))
         manifest = manifest or self.manifest or ckpt["args"]["data"]["manifest"]
         data = self._images(manifest, model, cfg["num_images"])
         meta = {
@@ -436,6 +442,39 @@ def _targets_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def scale_rows(base: dict[str, Any], nt: dict[str, Any]) -> list[list[str]]:
+    """The spread of the clean scores and the scale-free before/after RMSE (÷ that spread): NT can cut
+    the raw-point RMSE by squeezing every score into a narrow band, which these rows expose."""
+    spread = [fmt(_served(r, "score_std"), 2) for r in (base, nt)]
+    rows = [["clean score spread (std)", *spread]]
+    for attack, eps, label in (("fgsm", None, "FGSM"), ("pgd", 2 / 255, "PGD at 2/255")):
+        b, n = _section(base, attack, eps), _section(nt, attack, eps)
+        rows.append([
+            f"{label}: RMSE before/after ÷ score std",
+            fmt(b[1]["metrics"].get("rel_rmse") if b else None),
+            fmt(n[1]["metrics"].get("rel_rmse") if n else None),
+        ])
+    return rows
+
+
+def _served(report: dict[str, Any], key: str) -> Any:
+    return report.get("clean", {}).get("served", {}).get(key)
+
+
+def _scale_section(base: dict[str, Any], nt: dict[str, Any]) -> list[str]:
+    return [
+        "### Robust, or squeezed?",
+        "",
+        "The smallest input gradient is that of a model whose scores barely vary. The raw-point RMSE "
+        "rewards that; the RMSE divided by the spread of the model's own clean scores does not. Equal "
+        "ratios with a smaller spread mean the gain in score points came from a narrower score range, "
+        "not from a more stable ranking (the gate's `clean.score_std_min` floor guards against it).",
+        "",
+        _md_table(["", "baseline", "NT"], scale_rows(base, nt)),
+        "",
+    ]
+
+
 def _ablation_section(title: str, key: str, reports: dict[float, dict[str, Any]], note: str) -> list[str]:
     if not reports:
         return []
@@ -495,6 +534,7 @@ def write_results(
         _provenance(plan, main_reports["nt"].get("meta", {})),
         "",
         *_targets_section(target_rows(main_reports["baseline"], main_reports["nt"])),
+        *_scale_section(main_reports["baseline"], main_reports["nt"]),
         "## Baseline vs NT (layout of the paper's Tables 1-3, S8-S10)",
         "",
         comparison_tables(pair),

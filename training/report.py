@@ -167,6 +167,7 @@ def clean_table(reports: Reports) -> str:
         for label, key, arrow in (("RMSE", "rmse", "↓"), ("SROCC", "srocc", "↑"), ("PLCC", "plcc", "↑"),
                                   ("KROCC", "krocc", "↑"))
     ]
+    rows.append(["score spread (std)", _cell(reports, "clean.served.score_std", 2)])
     rows.append(["images", _cell(reports, "clean.served.n_images", 0)])
     rows.append(["crops per image", _cell(reports, "clean.served.num_crops", 0)])
     return _table(["Metric", _header(reports)], rows)
@@ -186,14 +187,19 @@ def attack_table(reports: Reports, metric: str) -> str:
 
 
 def r_table(reports: Reports) -> str:
-    """Table S10: R robustness (Eq. S12), and the mean |Δscore|."""
+    """Table S10: R robustness (Eq. S12), the mean |Δscore|, and the before/after RMSE relative to the
+    clean score spread (blind to a model that merely compresses its output range)."""
     rows = [
         [name, _attack_cell(reports, name, "metrics.r"),
-         _attack_cell(reports, name, "metrics.mean_abs_delta")]
+         _attack_cell(reports, name, "metrics.mean_abs_delta"),
+         _attack_cell(reports, name, "metrics.rel_rmse")]
         for name in attack_names(reports)
     ]
     head = _header(reports)
-    return _table(["Attack", f"R↑ ({head})", f"mean abs Δscore↓ ({head})"], rows)
+    return _table(
+        ["Attack", f"R↑ ({head})", f"mean abs Δscore↓ ({head})", f"RMSE before/after ÷ score std↓ ({head})"],
+        rows,
+    )
 
 
 def details_table(report: Mapping[str, Any]) -> str:
