@@ -215,6 +215,8 @@ def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> No
         "0.002",
         "--hs",
         "0.1",
+        "--exact-lams",
+        "1e-6",
         "--ablation-images",
         "4",
         "--gate-config",
@@ -232,14 +234,18 @@ def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> No
         assert title in md
     assert "## Targets" in md and "19.17 → 7.88" in md and "baseline / NT" in md
     assert "Ablation: λ at h = 0.01" in md and "Ablation: h at λ" in md and "reduced budget" in md
+    assert "Ablation: the exact form (Eq. 5)" in md
     figures = results.parent / "results"
-    for png in ("grad_norm.png", "intensity.png", "delta_fgsm.png", "ablation_lam.png", "ablation_h.png"):
+    pngs = ("grad_norm.png", "intensity.png", "delta_fgsm.png", "ablation_lam.png", "ablation_h.png")
+    for png in (*pngs, "ablation_exact.png"):
         assert (figures / png).is_file(), png
     for run in ("baseline", "nt", "surrogate", "ablation/lam0.002_h0.01", "ablation/lam0.001_h0.1"):
         assert (tmp_path / "runs" / run / "best.pt").is_file(), run
     nt_args = load_checkpoint(tmp_path / "runs" / "nt" / "best.pt")["args"]
     assert nt_args["nt"]["lam"] == 0.001 and nt_args["seed"] == 0
     assert load_checkpoint(tmp_path / "runs" / "surrogate" / "best.pt")["args"]["seed"] == 1
+    exact_nt = load_checkpoint(tmp_path / "runs" / "ablation" / "exact_lam1e-06" / "best.pt")["args"]["nt"]
+    assert exact_nt["mode"] == "exact" and exact_nt["lam"] == 1e-6
 
     # Restartable: a second call trains and evaluates nothing (the reports keep their bytes).
     before = (tmp_path / "runs" / "eval" / "nt" / "report.json").stat().st_mtime_ns
@@ -275,6 +281,8 @@ def test_replicate_reuses_runs_trained_elsewhere_and_plans_ablations_on_their_ma
             "0.1",
             "--surrogate-epochs",
             "1",
+            "--exact-lams",
+            "1e-7",
         ]
     )
     plan = replicate.plan_runs(args)
@@ -285,3 +293,6 @@ def test_replicate_reuses_runs_trained_elsewhere_and_plans_ablations_on_their_ma
     argv = replicate._train_argv(plan.lam_runs[0.01], args, Path("out"))
     assert "data.manifest=small.csv" in argv and "nt.lam=0.01" in argv
     assert "data.manifest=full.csv" in replicate._train_argv(plan.runs["nt"], args, Path("out"))
+    assert "nt.mode=fd" in argv and plan.runs["nt"].mode == "fd"
+    exact = replicate._train_argv(plan.exact_runs[1e-7], args, Path("out"))
+    assert "nt.mode=exact" in exact and "nt.lam=1e-07" in exact and "data.manifest=small.csv" in exact
