@@ -337,6 +337,7 @@ def test_export_refuses_an_ungated_or_failed_checkpoint(
                 "failures": [{"section": "pgd_2", "metric": "r", "value": 0.2, "op": ">=", "threshold": 0.7}],
             },
         ),
+        ("stale", {"passed": True, "weights_sha256": "0" * 64}),  # passed, but for other weights
     ):
         ckpt["gate"] = gate
         path = tmp_path / f"{name}.pt"
@@ -344,7 +345,8 @@ def test_export_refuses_an_ungated_or_failed_checkpoint(
         caplog.clear()
         with caplog.at_level(logging.ERROR):
             assert main(_cli(path, tmp_path / "repo", gated=True)) != 0
-        assert "refusing to export" in caplog.text and ("ungated" if gate is None else "pgd_2") in caplog.text
+        expected = {"ungated": "ungated", "failed": "pgd_2", "stale": "stale: the gate verdict was given"}
+        assert "refusing to export" in caplog.text and expected[name] in caplog.text
         assert not (tmp_path / "repo" / NAME / "1").exists()
 
 

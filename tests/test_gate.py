@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tests.gate_fixtures import TINY_GATE, ci_manifest, tiny_checkpoint, write_gate_config
 from training import evaluate
@@ -332,6 +333,25 @@ def test_verify_gate_ungated_failed_passed() -> None:
     assert not ok and reason.startswith("failed")
     ok, _ = verify_gate({"gate": {"passed": True, "report_sha256": "ab" * 32}})
     assert ok
+
+
+def test_verify_gate_refuses_a_verdict_given_to_other_weights(ckpt_path: Path, fgsm_gate: Path) -> None:
+    """A passed verdict belongs to the weights it was measured on: weights trained further (or swapped
+    in) after the gate make it stale, and a verdict without a weights hash cannot vouch for any."""
+    from training.evaluation import weights_sha256
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    ckpt["gate"] = gate_checkpoint(model, ckpt, None, ckpt_path.parent / "stale-report", fgsm_gate)
+    ok, reason = verify_gate(ckpt, weights_sha256(model_from_checkpoint(ckpt)))
+    assert ok, reason
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)  # "trained further"
+    ckpt["model"] = model.state_dict()
+    ok, reason = verify_gate(ckpt, weights_sha256(model))
+    assert not ok and reason.startswith("stale") and "evaluate.py --gate" in reason
+    ok, reason = verify_gate({"gate": {"passed": True}}, weights_sha256(model))
+    assert not ok and "no weights hash" in reason
 
 
 def test_new_thresholds_rejudge_the_same_measurements_without_rerunning(

@@ -356,13 +356,24 @@ def gate_checkpoint(
     )
 
 
-def verify_gate(ckpt: Mapping[str, Any]) -> tuple[bool, str]:
+def verify_gate(ckpt: Mapping[str, Any], weights_sha: str | None = None) -> tuple[bool, str]:
     """Export-time check: (True, ...) only if ``ckpt["gate"]`` is a verdict with ``passed`` True.
-    The reason says "ungated" for a checkpoint without a verdict, or lists the failing rows."""
+    The reason says "ungated" for a checkpoint without a verdict, or lists the failing rows.
+
+    ``weights_sha`` (``weights_sha256`` of the model about to be exported) also ties the verdict to
+    those weights: a verdict recorded for other weights (a checkpoint trained further, or weights
+    swapped in after the gate) or one that records no weights hash is "stale" and does not pass."""
     gate = ckpt.get("gate")
     if not isinstance(gate, Mapping):
         return False, "ungated: the checkpoint has no acceptance-gate verdict (training/evaluate.py --gate)"
     if gate.get("passed") is True:
+        judged = gate.get("weights_sha256")
+        if weights_sha is not None and judged != weights_sha:
+            judged = f"weights {str(judged)[:12]}" if judged else "a verdict with no weights hash"
+            return False, (
+                f"stale: the gate verdict was given to other weights ({judged}; these are "
+                f"{weights_sha[:12]}); re-run training/evaluate.py --gate on this checkpoint"
+            )
         return True, f"passed (report sha256 {str(gate.get('report_sha256', ''))[:12]})"
     failures = gate.get("failures") or []
     if failures:
