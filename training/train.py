@@ -11,6 +11,7 @@ split is scored once, at the end, with the best weights. Outputs in ``output_dir
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -32,7 +33,6 @@ from training.models import create_model
 from training.nt import NTConfig
 from training.preprocessing import PreprocessConfig
 from training.utils import (
-    file_sha256,
     load_checkpoint,
     load_yaml_config,
     parse_overrides,
@@ -139,10 +139,22 @@ def model_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in m.items() if k != "name" and v is not None}
 
 
+# dataset.json keys that describe one build run, not the data: excluded from the data hash.
+_BUILD_RUN_KEYS = ("build_seconds",)
+
+
 def data_hash(manifest: str | Path) -> str:
+    """SHA-256 of what the model was trained on: the manifest's bytes and, when present, the
+    builder's dataset.json without its run-specific keys (two builds of the same data hash alike)."""
     manifest = Path(manifest)
-    files = [manifest] + [p for p in [manifest.parent / "dataset.json"] if p.is_file()]
-    return file_sha256(files)
+    h = hashlib.sha256(Path(manifest).read_bytes())
+    summary = manifest.parent / "dataset.json"
+    if summary.is_file():
+        content = json.loads(summary.read_text(encoding="utf-8"))
+        for key in _BUILD_RUN_KEYS:
+            content.pop(key, None)
+        h.update(json.dumps(content, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 class MetricsLog:
