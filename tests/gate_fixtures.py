@@ -54,7 +54,7 @@ TINY_GATE: dict[str, Any] = {
     "surrogate_checkpoint": None,
     "scoring": {"attack_crops": 1},
     "clean": {"srocc_min": -1.0, "plcc_min": -1.0, "krocc_min": None, "rmse_max": None},
-    "grad_norm": {"enabled": True, "max_images": 4, "h": None, "median_max": None},
+    "grad_norm": {"enabled": True, "max_images": 4, "h": None, "check_h": [1e-3], "median_max": None},
     "sweep": {"enabled": True, "max_images": 3, "eps": [2 / 255, 4 / 255], "iters": [1, 2]},
     "attacks": {
         "fgsm": {

@@ -127,6 +127,8 @@ def test_evaluate_writes_report_tables_and_plots(evaluated: tuple[int, str, Path
     assert report["clean"]["attack_scorer"]["num_crops"] == 1
     gn = report["grad_norm"]
     assert gn["status"] == "ok" and len(gn["exact"]) == len(gn["fd"]) == 4 and gn["h"] == 0.01
+    assert [row["h"] for row in gn["fd_check"]] == [1e-3, 0.01]  # check_h plus the training step
+    assert gn["fd_check"][1]["median_fd"] == gn["median_fd"]
     assert len(report["sweep"]["rows"]) == 4
     assert (report_dir / "grad_norm.png").is_file() and (report_dir / "intensity.png").is_file()
     md = (report_dir / "report.md").read_text()
@@ -134,6 +136,7 @@ def test_evaluate_writes_report_tables_and_plots(evaluated: tuple[int, str, Path
         assert title in md
     assert "MOS & after attack" in md and "before & after" in md
     assert "Acceptance gate: PASSED" in md
+    assert "Finite difference vs exact norm, by step h" in md and "| 0.001 |" in md
 
 
 def test_report_hash_is_written_into_the_checkpoint(work: Path, evaluated: tuple[int, str, Path]) -> None:
@@ -162,6 +165,7 @@ def test_compare_overlays_two_reports(work: Path, evaluated: tuple[int, str, Pat
     assert code == 0
     md = (out / "comparison.md").read_text()
     assert "Cells are A / B." in md and "Table 2." in md
+    assert "#### Finite difference vs exact norm, by step h" in md
     assert (out / "compare_grad_norm.png").is_file() and (out / "compare_intensity.png").is_file()
 
 

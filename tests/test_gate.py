@@ -18,6 +18,7 @@ from training.evaluation import add_derived_metrics, evaluate_model, load_eval_d
 from training.gate import (
     DEFAULT_GATE_CONFIG,
     check_report,
+    format_row,
     gate_checkpoint,
     load_gate_config,
     verify_gate,
@@ -389,3 +390,30 @@ def test_new_thresholds_rejudge_the_same_measurements_without_rerunning(
         gate_checkpoint(
             model, ckpt, None, tmp_path / "report", fgsm_gate, overrides={"attacks.fgsm.params.eps": 0.01}
         )
+
+
+def test_shipped_model_has_its_gate_report_committed_and_passes_the_current_thresholds() -> None:
+    """The provenance chain of the committed default model: metadata.json records a passed verdict
+    whose report.json is committed under docs/reports/ (same sha256, same weights), and that report's
+    measurements still pass the thresholds of training/configs/gate.yaml as they are now."""
+    import hashlib
+    import json
+
+    from tests.gate_fixtures import REPO_ROOT
+    from training.report import load_report
+
+    versions = sorted(
+        (p for p in (REPO_ROOT / "model_repository" / "iqa").iterdir() if p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    gate = json.loads((versions[-1] / "metadata.json").read_text())["gate"]
+    assert gate["passed"] is True
+    reports = {
+        hashlib.sha256(path.read_bytes()).hexdigest(): path
+        for path in (REPO_ROOT / "docs" / "reports").glob("*/report.json")
+    }
+    assert gate["report_sha256"] in reports, "the shipped model's gate report is not under docs/reports/"
+    report = load_report(reports[gate["report_sha256"]])
+    assert report["meta"]["weights_sha256"] == gate["weights_sha256"]
+    verdict = check_report(report, load_gate_config())
+    assert verdict["passed"], [format_row(r) for r in verdict["failures"]]

@@ -180,3 +180,21 @@ def test_grad_norm_report_small_model() -> None:
     assert all(p.grad is None for p in model.parameters())
     from_tensor = grad_norm_report(model, x, h=1e-3, batch_size=8)
     assert from_tensor["exact"] == pytest.approx(report["exact"], rel=1e-4)
+
+
+def test_fd_check_over_steps_agrees_with_single_step_estimates() -> None:
+    """fd_check reports every step h (training h first in value order), each equal to grad_norm_fd at
+    that h; the estimate of a non-linear net approaches the exact norm as h shrinks."""
+    model = small_trained_model(0)
+    x, _ = degraded_test_set(16, 64)
+    report = grad_norm_report(model, x, h=0.01, batch_size=8, check_hs=[1e-4, 1e-3, 0.01])
+    rows = report["fd_check"]
+    assert [row["h"] for row in rows] == [1e-4, 1e-3, 0.01]
+    for row in rows:
+        single = grad_norm_fd(model, x, h=row["h"]).numpy()
+        assert row["median_fd"] == pytest.approx(float(np.median(single)), rel=1e-4)
+        assert row["median_fd_over_exact"] == pytest.approx(row["median_fd"] / report["median_exact"])
+    assert rows[-1]["median_fd"] == pytest.approx(report["median_fd"])
+    assert rows[0]["pearson"] > 0.95
+    assert abs(rows[0]["median_fd_over_exact"] - 1) < abs(rows[-1]["median_fd_over_exact"] - 1)
+    assert "fd_check" not in grad_norm_report(model, x, h=0.01, batch_size=8)

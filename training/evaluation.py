@@ -65,7 +65,7 @@ _TOP_KEYS = {
 }
 _SECTION_KEYS = {
     "scoring": {"attack_crops"},
-    "grad_norm": {"enabled", "max_images", "h", "median_max"},
+    "grad_norm": {"enabled", "max_images", "h", "check_h", "median_max"},
     "sweep": {"enabled", "max_images", "eps", "iters"},
 }
 _ATTACK_KEYS = {"attack", "params", "thresholds", "required", "enabled", "max_images", "fit_images"}
@@ -113,7 +113,7 @@ def measurement_sha256(cfg: dict[str, Any]) -> str:
         entry.pop("required", None)
     if isinstance(measured.get("grad_norm"), dict):
         measured["grad_norm"] = {k: v for k, v in measured["grad_norm"].items()
-                                 if k in {"enabled", "max_images", "h"}}
+                                 if k in {"enabled", "max_images", "h", "check_h"}}
     return config_sha256(measured)
 
 
@@ -344,7 +344,13 @@ def _grad_norms(ctx: _Context, h: float) -> dict[str, Any]:
     section = ctx.cfg.get("grad_norm") or {}
     data = ctx.data.head(section.get("max_images"))
     batches = list(data.batches(ctx.batch_size))
-    report = grad_norm_report(ctx.scorer, [x for _, x in batches], h=h, batch_size=ctx.batch_size)
+    report = grad_norm_report(
+        ctx.scorer,
+        [x for _, x in batches],
+        h=h,
+        batch_size=ctx.batch_size,
+        check_hs=[float(v) for v in section.get("check_h") or ()],
+    )
     order = [p for positions, _ in batches for p in positions]
     for key in ("exact", "fd"):  # back to the data order
         values = np.empty(len(order))

@@ -81,7 +81,7 @@ CLEAN_THRESHOLDS: dict[str, tuple[str, str]] = {
     "score_std_min": ("served.score_std", ">="),
 }
 GRAD_NORM_THRESHOLDS: dict[str, tuple[str, str]] = {"median_max": ("median_exact", "<=")}
-_GRAD_NORM_SETTINGS = {"enabled", "max_images", "h"}
+_GRAD_NORM_SETTINGS = {"enabled", "max_images", "h", "check_h"}
 
 
 # ----------------------------------------------------------------------------------------- config
