@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from training.data.dataset import ManifestDataset
-from training.evaluation import EvalData, load_eval_data
-from training.gate import load_gate_config, run_gate
+from training.gate.config import load_gate_config
+from training.gate.data import EvalData, load_eval_data
+from training.gate.report import load_report
+from training.gate.run import run_gate
 from training.models import create_model
-from training.report import load_report
 from training.utils import load_checkpoint, model_from_checkpoint, resolve_device
 
 BUDGET_S = 600.0

@@ -44,7 +44,7 @@ from export.onnx_export import (
 from export.parity import ParityError, ParityReport, check_parity, load_parity_images
 from export.torchscript_export import export_program, export_torchscript
 from export.triton_config import DEFAULT_MAX_BATCH_SIZE, validate_model_name, write_triton_configs
-from training.evaluation import weights_sha256
+from training.gate.identity import weights_sha256
 from training.utils import load_checkpoint, model_from_checkpoint
 
 __all__ = ["ExportError", "ExportResult", "check_gate", "export_version", "get_args_parser", "main"]
@@ -118,9 +118,9 @@ def check_gate(
     ckpt: Mapping[str, Any], allow_ungated: bool, weights_sha: str | None = None
 ) -> dict[str, Any] | None:
     """The acceptance-gate verdict to record. An ungated, failed or stale (given to other weights than
-    ``weights_sha``) checkpoint is refused, with the reason (training.gate.verify_gate: "ungated",
+    ``weights_sha``) checkpoint is refused, with the reason (training.gate.verdict.verify_gate: "ungated",
     "stale" or the failing rows), unless ``allow_ungated``."""
-    from training.gate import verify_gate
+    from training.gate.verdict import verify_gate
 
     ok, reason = verify_gate(ckpt, weights_sha)
     gate = ckpt.get("gate")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tests.iqa_fixtures import degrade, degraded_test_set, small_trained_model, synthetic_images
-from training.attacks import (
+from training.gate.attacks import (
     UAP,
     Attack,
     AttackResult,
@@ -23,8 +23,8 @@ from training.attacks import (
     run_attack,
     score_images,
 )
-from training.attacks.base import quantize_8bit, quantize_in_ball
-from training.attacks.objectives import l_mae, l_mid, l_mse, make_objective
+from training.gate.attacks.base import quantize_8bit, quantize_in_ball
+from training.gate.attacks.objectives import l_mae, l_mid, l_mse, make_objective
 
 ALL_ATTACKS = {"fgsm", "ifgsm", "pgd", "perceptual", "uap", "korhonen", "square"}
 EPS = {"fgsm": 0.005, "ifgsm": 0.005, "pgd": 4 / 255, "korhonen": 4 / 255, "square": 4 / 255, "uap": 0.04}

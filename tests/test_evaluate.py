@@ -16,8 +16,8 @@ import torch
 from tests.gate_fixtures import REPO_ROOT, ci_manifest, tiny_checkpoint, write_gate_config
 from tests.iqa_fixtures import small_trained_model, synthetic_images
 from training import evaluate, replicate
+from training.gate.scoring import CropScorer
 from training.preprocessing import PreprocessConfig, eval_crops
-from training.scoring import CropScorer
 from training.utils import load_checkpoint
 
 SMALL = PreprocessConfig(short_side=96, max_long_side=128, crop_size=64, num_eval_crops=5)
@@ -260,7 +260,8 @@ def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> No
 def test_replicate_reuses_runs_trained_elsewhere_and_plans_ablations_on_their_manifest() -> None:
     """A run trained with another output_dir or with the gate at its end has the same weights; the
     ablation grid trains on --ablation-manifest while the main runs keep --manifest."""
-    from training import replicate
+    from training.replication.plan import plan_runs
+    from training.replication.runs import train_argv, weights_config
 
     a = {
         "seed": 0,
@@ -269,8 +270,8 @@ def test_replicate_reuses_runs_trained_elsewhere_and_plans_ablations_on_their_ma
         "train": {"gate": True, "resume": "x"},
     }
     b = {"seed": 0, "output_dir": "runs/replicate/nt", "nt": {"lam": 0.001}, "train": {"gate": False}}
-    assert replicate._without_resume(a) == replicate._without_resume(b)
-    assert replicate._without_resume(a) != replicate._without_resume({**b, "nt": {"lam": 0.0}})
+    assert weights_config(a) == weights_config(b)
+    assert weights_config(a) != weights_config({**b, "nt": {"lam": 0.0}})
 
     args = replicate.get_args_parser().parse_args(
         [
@@ -289,14 +290,40 @@ def test_replicate_reuses_runs_trained_elsewhere_and_plans_ablations_on_their_ma
             "1e-7",
         ]
     )
-    plan = replicate.plan_runs(args)
+    plan = plan_runs(args)
     assert {r.manifest for r in plan.lam_runs.values()} | {r.manifest for r in plan.h_runs.values()} == {
         "small.csv"
     }
     assert plan.runs["nt"].manifest is None and plan.runs["surrogate"].epochs == 1
-    argv = replicate._train_argv(plan.lam_runs[0.01], args, Path("out"))
+    argv = train_argv(plan.lam_runs[0.01], args, Path("out"))
     assert "data.manifest=small.csv" in argv and "nt.lam=0.01" in argv
-    assert "data.manifest=full.csv" in replicate._train_argv(plan.runs["nt"], args, Path("out"))
+    assert "data.manifest=full.csv" in train_argv(plan.runs["nt"], args, Path("out"))
     assert "nt.mode=fd" in argv and plan.runs["nt"].mode == "fd"
-    exact = replicate._train_argv(plan.exact_runs[1e-7], args, Path("out"))
+    exact = train_argv(plan.exact_runs[1e-7], args, Path("out"))
     assert "nt.mode=exact" in exact and "nt.lam=1e-07" in exact and "data.manifest=small.csv" in exact
+
+
+def test_replicate_does_not_reuse_a_report_measured_on_other_images(work: Path, tmp_path: Path) -> None:
+    """The replication reuses a stored report only under the gate's own reuse check (same weights,
+    measurement settings, surrogate *and images*): a report of another manifest's images (``--skip-train
+    --manifest other.csv``) is measured again, one of the same images is not."""
+    from training.data.manifests import read_manifest, write_manifest
+    from training.gate.config import load_gate_config
+    from training.replication.evaluation import Evaluator, ablation_config
+
+    cfg = ablation_config(load_gate_config(work / "gate.yaml"), 3)
+    test_rows = [r for r in read_manifest(ci_manifest()) if r.split == "test"]
+    other = tmp_path / "other.csv"
+    write_manifest(test_rows[len(test_rows) // 2 :], other)
+    evaluate_ckpt = Evaluator(cfg, None, "cpu", None)
+    report_dir = tmp_path / "eval"
+
+    first = evaluate_ckpt(work / "model.pt", report_dir, manifest=str(ci_manifest()))
+    second = evaluate_ckpt(work / "model.pt", report_dir, manifest=str(other))
+    assert second["meta"]["paths"] != first["meta"]["paths"]
+    assert set(second["meta"]["paths"]) <= {r.path for r in test_rows[len(test_rows) // 2 :]}
+
+    measured = (report_dir / "report.json").stat().st_mtime_ns
+    third = evaluate_ckpt(work / "model.pt", report_dir, manifest=str(other))
+    assert third["meta"]["paths"] == second["meta"]["paths"]
+    assert (report_dir / "report.json").stat().st_mtime_ns == measured

@@ -14,15 +14,11 @@ import torch
 from tests.gate_fixtures import TINY_GATE, ci_manifest, tiny_checkpoint, write_gate_config
 from training import evaluate
 from training.data.dataset import ManifestDataset
-from training.evaluation import add_derived_metrics, evaluate_model, load_eval_data
-from training.gate import (
-    DEFAULT_GATE_CONFIG,
-    check_report,
-    format_row,
-    gate_checkpoint,
-    load_gate_config,
-    verify_gate,
-)
+from training.gate.config import DEFAULT_GATE_CONFIG, load_gate_config
+from training.gate.data import load_eval_data
+from training.gate.evaluation import add_derived_metrics, evaluate_model
+from training.gate.run import gate_checkpoint
+from training.gate.verdict import check_report, format_row, verify_gate
 from training.utils import load_checkpoint, model_from_checkpoint
 
 FGSM_ONLY = {"fgsm": copy.deepcopy(TINY_GATE["attacks"]["fgsm"])}
@@ -339,7 +335,7 @@ def test_verify_gate_ungated_failed_passed() -> None:
 def test_verify_gate_refuses_a_verdict_given_to_other_weights(ckpt_path: Path, fgsm_gate: Path) -> None:
     """A passed verdict belongs to the weights it was measured on: weights trained further (or swapped
     in) after the gate make it stale, and a verdict without a weights hash cannot vouch for any."""
-    from training.evaluation import weights_sha256
+    from training.gate.identity import weights_sha256
 
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
@@ -360,7 +356,7 @@ def test_new_thresholds_rejudge_the_same_measurements_without_rerunning(
 ) -> None:
     """Thresholds do not change what the attacks measure: a second gate run with other thresholds
     re-judges the existing report; other attack settings measure again."""
-    import training.gate as gate_module
+    import training.gate.run as gate_module
 
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
@@ -400,7 +396,7 @@ def test_shipped_model_has_its_gate_report_committed_and_passes_the_current_thre
     import json
 
     from tests.gate_fixtures import REPO_ROOT
-    from training.report import load_report
+    from training.gate.report import load_report
 
     versions = sorted(
         (p for p in (REPO_ROOT / "model_repository" / "iqa").iterdir() if p.name.isdigit()),

@@ -11,21 +11,9 @@ import torch
 from torch import nn
 
 from tests.iqa_fixtures import degraded_test_set, small_trained_model
-from training.metrics import (
-    attack_metrics,
-    fit_logistic_4param,
-    grad_norm_fd,
-    grad_norm_l1,
-    grad_norm_report,
-    iqa_metrics,
-    krocc,
-    logistic_4param,
-    plcc,
-    r_robustness,
-    relative_rmse,
-    rmse,
-    srocc,
-)
+from training.gate.grad_norms import grad_norm_fd, grad_norm_l1, grad_norm_report
+from training.gate.metrics import attack_metrics, r_robustness, relative_rmse
+from training.metrics import fit_logistic_4param, iqa_metrics, krocc, logistic_4param, plcc, rmse, srocc
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

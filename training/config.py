@@ -2,14 +2,17 @@
 
 Keys are dotted (``nt.lam=0``); an unknown key is an error, so a typo never silently does nothing.
 The resolved configuration is saved beside the checkpoint and inside it (``ckpt["args"]``).
+``get_dotted`` / ``set_dotted`` read and write a dotted key of any nested mapping (the gate config,
+a report, a checkpoint's args).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["DEFAULTS", "ConfigError", "flatten", "merge_config", "set_dotted"]
+__all__ = ["DEFAULTS", "ConfigError", "flatten", "get_dotted", "merge_config", "set_dotted"]
 
 
 class ConfigError(ValueError):
@@ -80,15 +83,35 @@ def merge_config(base: dict[str, Any], update: dict[str, Any], prefix: str = "")
     return out
 
 
-def set_dotted(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    """Return a copy of ``cfg`` with ``a.b.c = value`` (the key must exist)."""
+def set_dotted(cfg: dict[str, Any], dotted: str, value: Any, *, new_keys: bool = False) -> dict[str, Any]:
+    """Return a copy of ``cfg`` with ``a.b.c = value``. The key must exist, unless ``new_keys``: then
+    missing sections and keys are created (the caller validates the result) and ``value`` replaces
+    what was there instead of being merged into it."""
+    parts = dotted.split(".")
+    if new_keys:
+        out = copy.deepcopy(cfg)
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+        return out
     update: dict[str, Any] = {}
     node = update
-    parts = dotted.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return merge_config(cfg, update)
+
+
+def get_dotted(obj: Any, dotted: str) -> Any:
+    """The value at ``a.b.c`` of nested mappings, or None where the path does not exist."""
+    for part in dotted.split("."):
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(part)
+    return obj
 
 
 def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -23,16 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from training.data.dataset import ManifestDataset
-from training.evaluation import load_eval_data
-from training.gate import (
-    checkpoint_meta,
-    format_row,
-    load_gate_config,
-    load_surrogate,
-    nt_step,
-    run_gate,
-)
-from training.report import fmt, load_report, write_comparison
+from training.gate.config import load_gate_config
+from training.gate.data import load_eval_data
+from training.gate.report import load_report, write_comparison
+from training.gate.run import checkpoint_meta, load_surrogate, nt_step, run_gate
+from training.gate.tables import fmt
+from training.gate.verdict import format_row
 from training.utils import (
     load_checkpoint,
     model_from_checkpoint,

@@ -33,7 +33,11 @@ class Registry(Generic[T]):
         """Registered names matching a shell-style wildcard, sorted."""
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
-    def create(self, name: str, **kwargs: Any) -> T:
+    def get(self, name: str) -> Callable[..., T]:
+        """The constructor registered as ``name`` (ValueError listing the names if there is none)."""
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")
-        return self._entries[name](**{k: v for k, v in kwargs.items() if v is not None})
+        return self._entries[name]
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        return self.get(name)(**{k: v for k, v in kwargs.items() if v is not None})

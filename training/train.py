@@ -286,7 +286,7 @@ def main(args: argparse.Namespace) -> int:
     best["test_metrics"] = test_metrics
     best["gate"] = None
     if cfg["train"]["gate"]:
-        from training.gate import gate_checkpoint  # the acceptance gate (attack suite)
+        from training.gate.run import gate_checkpoint  # the acceptance gate (attack suite)
 
         best["gate"] = gate_checkpoint(model, best, loaders["test"], out_dir / "report")
     save_checkpoint(best, out_dir / "best.pt")

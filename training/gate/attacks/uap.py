@@ -15,11 +15,13 @@ repetition, cropped to H×W), not resizing: tiling keeps the pattern's spatial f
 where its effect lives, and keeps ‖p‖∞ ≤ 1 exactly. Fitting images of any size work the same way.
 
 ``save(path)`` / ``UAP(path=...)`` store and reload p (``torch.save`` of {"perturbation", "scale",
-"objective"}), so the gate can reuse one fitted UAP.
+"objective"}), so the gate can reuse one fitted UAP: ``prepare`` (the gate's hook) loads the cached p
+or fits it on the surrogate over the images the gate offers and caches it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,11 +29,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from training.attacks._registry import register_attack
-from training.attacks.base import Attack, eval_mode, iter_image_batches, model_device, predict, score_midpoint
-from training.attacks.objectives import l_mid
+from training.gate.attacks._registry import register_attack
+from training.gate.attacks.base import Attack, FitImages, score_midpoint, seeded_generator
+from training.gate.attacks.objectives import l_mid
+from training.gate.tensors import eval_mode, iter_image_batches, model_device, predict
 
 __all__ = ["UAP", "tile_to"]
+
+log = logging.getLogger(__name__)
 
 _FIT_OBJECTIVES = ("up", "down", "mid")
 
@@ -51,6 +56,7 @@ class UAP(Attack):
     ``perturbation`` / ``path``."""
 
     name: ClassVar[str] = "uap"
+    needs_surrogate: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -109,11 +115,7 @@ class UAP(Attack):
         if model is None or images is None:
             raise ValueError("UAP.fit needs a surrogate model and fitting images")
         device = model_device(model)
-        gen = torch.Generator()
-        if self.seed is not None:
-            gen.manual_seed(self.seed)
-        else:
-            gen.seed()
+        gen = seeded_generator(self.seed)
         init = (torch.rand(3, self.size, self.size, generator=gen) * 2 - 1) * 1e-3
         p = init.to(device).requires_grad_(True)
         optimizer = torch.optim.Adam([p], lr=self.lr)
@@ -133,6 +135,27 @@ class UAP(Attack):
                         p.clamp_(-1.0, 1.0)
         self.perturbation = p.detach().cpu()
         return self
+
+    def prepare(self, fit: FitImages) -> dict[str, Any]:
+        """Fit p on the surrogate over ``fit``'s images, or reuse the one cached for the same surrogate,
+        parameters, scorer and images; says which in the report (``uap_cache``, ``uap_fitted``)."""
+        path = fit.cache_path(self.name)
+        if path is not None and path.is_file():
+            self.load(path)
+            log.info("uap: reusing the perturbation cached at %s", path)
+            return {"uap_cache": str(path), "uap_fitted": False}
+        batches = fit.batches(self.batch_size)
+        log.info("uap: fitting on the surrogate over %d images (%d epochs)", sum(len(b) for b in batches),
+                 self.epochs)
+        self.fit(self.surrogate, batches)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.save(path)
+            except OSError as exc:
+                log.warning("uap: cannot cache the perturbation at %s (%s)", path, exc)
+                path = None
+        return {"uap_cache": str(path) if path else None, "uap_fitted": True}
 
     def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.perturbation is None:

@@ -34,8 +34,9 @@ import piq
 import torch
 from torch import nn
 
-from training.attacks._registry import register_attack
-from training.attacks.base import Attack, predict, quantize_8bit
+from training.gate.attacks._registry import register_attack
+from training.gate.attacks.base import Attack, quantize_8bit, seeded_generator
+from training.gate.tensors import predict
 
 __all__ = ["PerceptualAttack", "load_distance", "ssim_distance"]
 
@@ -115,11 +116,7 @@ class PerceptualAttack(Attack):
         self.seed = seed
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator()
-        if self.seed is not None:
-            gen.manual_seed(self.seed)
-        else:
-            gen.seed()
+        gen = seeded_generator(self.seed)
         dither = torch.randint(-1, 2, x.shape, generator=gen).to(x.device, x.dtype) / 255.0
         return (x + dither).clamp(0.0, 1.0)
 

@@ -1,13 +1,16 @@
-"""Attack registry by name, shared by the evaluation script, the gate and the gateway's probe."""
+"""Attack registry by name, shared by the evaluation script, the gate and the gateway's probe.
+
+The registered objects are the ``Attack`` classes themselves, so what the gate must know about an
+attack before building it (``needs_surrogate``) is read from ``attack_class(name)``."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from training.attacks.base import Attack
+from training.gate.attacks.base import Attack
 from training.registry import Registry
 
-__all__ = ["create_attack", "is_attack", "list_attacks", "register_attack"]
+__all__ = ["attack_class", "create_attack", "is_attack", "list_attacks", "register_attack"]
 
 _ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -26,6 +29,13 @@ def is_attack(name: str) -> bool:
 
 def list_attacks(pattern: str = "*") -> list[str]:
     return _ATTACKS.names(pattern)
+
+
+def attack_class(name: str) -> type[Attack]:
+    """The ``Attack`` subclass registered as ``name``."""
+    cls = _ATTACKS.get(name)
+    assert isinstance(cls, type) and issubclass(cls, Attack)
+    return cls
 
 
 def create_attack(name: str, **params: Any) -> Attack:

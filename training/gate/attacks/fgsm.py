@@ -17,10 +17,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from training.attacks._registry import register_attack
-from training.attacks.base import Attack, predict, score_midpoint, sign_ascent
-from training.attacks.objectives import check_objective, make_objective
-from training.attacks.quality import adversarial_quality, score_images
+from training.gate.attacks._registry import register_attack
+from training.gate.attacks.base import Attack, score_midpoint, sign_ascent
+from training.gate.attacks.objectives import check_objective, make_objective
+from training.gate.attacks.quality import adversarial_quality, score_images
+from training.gate.tensors import predict
 
 __all__ = ["FGSM", "IFGSM", "intensity_sweep"]
 

@@ -12,32 +12,35 @@ Every attack is called as ``attack(model, x) -> x_adv``:
   still hold exactly; see that function for the rounding rule.
 * Attacks maximize an objective of the raw model output ``model(x)`` (``forward``, not the clamped
   ``score``: the clamp would zero the gradient outside the score range).
+
+What the gate must know about an attack lives on its class, not in name lists elsewhere:
+``needs_surrogate`` (a transfer attack: the gate passes ``surrogate=`` and does not run it without
+one) and ``prepare(FitImages)`` (work before the first call, e.g. fitting a UAP; a no-op by default).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from training.attacks.objectives import Objective
+from training.gate.attacks.objectives import Objective
+from training.gate.tensors import eval_mode, input_gradient, model_device
 
 __all__ = [
     "Attack",
-    "eval_mode",
-    "input_gradient",
-    "iter_image_batches",
-    "model_device",
-    "predict",
+    "FitImages",
     "project_linf",
     "quantize_8bit",
     "quantize_in_ball",
     "score_midpoint",
+    "seeded_generator",
     "sign_ascent",
     "validate_images",
 ]
@@ -48,37 +51,12 @@ __all__ = [
 _GRID_TOL = 1e-4
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (or buffer); CPU for a parameter-free module."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def score_midpoint(model: nn.Module) -> float:
     """Midpoint of the model's score range (50 on [0, 100]): the L_mid switch point (Eq. S20)."""
     cfg = getattr(model, "preprocess_cfg", None)
     if cfg is None:
         return 50.0
     return 0.5 * (float(cfg.score_min) + float(cfg.score_max))
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode and put its previous train/eval mode back afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Raw model output as a flat (N,) tensor."""
-    return model(x).reshape(x.shape[0])
 
 
 def validate_images(x: torch.Tensor) -> None:
@@ -125,13 +103,14 @@ def quantize_in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None) ->
     return q.clamp(0.0, 255.0) / 255.0
 
 
-def input_gradient(model: nn.Module, x: torch.Tensor, objective: Objective, y: torch.Tensor) -> torch.Tensor:
-    """∇ₓ Σᵢ objective(f(xᵢ), yᵢ) by ``torch.autograd.grad`` (input only; no parameter .grad)."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        loss = objective(predict(model, x), y).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-    return grad
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator seeded with ``seed``, or from the OS when ``seed`` is None (non-reproducible)."""
+    gen = torch.Generator()
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    return gen
 
 
 def sign_ascent(
@@ -158,31 +137,31 @@ def sign_ascent(
     return x_adv.detach()
 
 
-def iter_image_batches(data: torch.Tensor | Iterable[Any], batch_size: int = 32) -> Iterator[torch.Tensor]:
-    """Yield image batches from a tensor (split into ``batch_size`` chunks) or from an iterable of
-    tensors / (images, ...) tuples / {"image": ...} dicts (a DataLoader)."""
-    if isinstance(data, torch.Tensor):
-        if data.ndim == 3:
-            data = data.unsqueeze(0)
-        yield from torch.split(data, batch_size)
-        return
-    for item in data:
-        if isinstance(item, torch.Tensor):
-            yield item
-        elif isinstance(item, dict):
-            yield item["image"]
-        elif isinstance(item, (tuple, list)):
-            yield item[0]
-        else:
-            raise TypeError(f"cannot take an image batch from a {type(item).__name__}")
+@dataclass(frozen=True)
+class FitImages:
+    """What the gate offers an attack before it runs: images it may fit itself on and a place to cache
+    the result. ``batches(batch_size)`` returns N×3×H×W batches in [0, 1]; the cached file of an
+    attack is ``cache_dir / f"{name}-{cache_key}.pt"`` (``cache_dir`` None: no caching), where the
+    key identifies the surrogate, the attack's parameters, the scorer and the fitting images."""
+
+    batches: Callable[[int], Sequence[torch.Tensor]]
+    cache_key: str
+    cache_dir: Path | None = None
+
+    def cache_path(self, name: str) -> Path | None:
+        return self.cache_dir / f"{name}-{self.cache_key}.pt" if self.cache_dir is not None else None
 
 
 class Attack(ABC):
     """Base of every attack. Subclasses set ``name``, implement ``perturb`` and call
     ``super().__init__(eps)`` where ``eps`` is the ℓ∞ budget used by the final 8-bit projection
-    (None: no ℓ∞ budget, only [0, 1], e.g. the perceptual attack)."""
+    (None: no ℓ∞ budget, only [0, 1], e.g. the perceptual attack).
+
+    A transfer attack sets ``needs_surrogate = True`` and takes a ``surrogate`` constructor argument;
+    an attack that must be fitted before use overrides ``prepare``."""
 
     name: ClassVar[str] = ""
+    needs_surrogate: ClassVar[bool] = False
 
     def __init__(self, eps: float | None) -> None:
         if eps is not None and not (0.0 < eps <= 1.0 and math.isfinite(eps)):
@@ -200,6 +179,11 @@ class Attack(ABC):
         with eval_mode(model):
             x_adv = self.perturb(model, x)
         return quantize_in_ball(x_adv.detach(), x, self.eps)
+
+    def prepare(self, fit: FitImages) -> dict[str, Any]:
+        """Called by the gate once before the attack runs; returns facts for the report (default:
+        nothing to prepare)."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"

@@ -20,9 +20,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from training.attacks._registry import register_attack
-from training.attacks.base import Attack, predict, score_midpoint
-from training.attacks.objectives import check_objective, make_objective
+from training.gate.attacks._registry import register_attack
+from training.gate.attacks.base import Attack, score_midpoint, seeded_generator
+from training.gate.attacks.objectives import check_objective, make_objective
+from training.gate.tensors import predict
 
 __all__ = ["SquareAttack", "square_fraction"]
 
@@ -84,11 +85,7 @@ class SquareAttack(Attack):
         assert self.eps is not None
         eps = self.eps
         n, c, h, w = x.shape
-        gen = torch.Generator()
-        if self.seed is not None:
-            gen.manual_seed(self.seed)
-        else:
-            gen.seed()
+        gen = seeded_generator(self.seed)
         objective = make_objective(self.objective, score_midpoint(model))
         y = predict(model, x)
 

@@ -7,7 +7,7 @@ i.e. the whole canonical image, so the acceptance gate attacks exactly that func
 * ``CropScorer.forward(x)``: x is float N×3×H×W canonical images in [0, 1]; the crops are cut at the
   origins of ``training.preprocessing.crop_origins`` (the same geometry as ``eval_crops``), every crop
   goes through the model's raw ``forward`` and the N×K outputs are averaged to (N,). Attacks
-  differentiate this (the raw output, as ``training.attacks`` expects).
+  differentiate this (the raw output, as ``training.gate.attacks`` expects).
 * ``CropScorer.score(x)``: the served value, the mean of the *clamped* per-crop scores, numerically
   what ``training.engine.predict`` and the gateway compute.
 

@@ -12,8 +12,9 @@ from typing import ClassVar
 
 import torch
 
-from training.attacks._registry import register_attack
-from training.attacks.fgsm import IFGSM
+from training.gate.attacks._registry import register_attack
+from training.gate.attacks.base import seeded_generator
+from training.gate.attacks.fgsm import IFGSM
 
 __all__ = ["PGD"]
 
@@ -38,11 +39,7 @@ class PGD(IFGSM):
 
     def initial_point(self, x: torch.Tensor) -> torch.Tensor:
         assert self.eps is not None
-        gen = torch.Generator()
-        if self.seed is not None:
-            gen.manual_seed(self.seed)
-        else:
-            gen.seed()
+        gen = seeded_generator(self.seed)
         noise = torch.rand(x.shape, generator=gen).mul_(2).sub_(1).mul_(self.eps)
         return x + noise.to(x.device)
 

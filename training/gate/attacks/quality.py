@@ -15,7 +15,8 @@ import piq
 import torch
 from torch import nn
 
-from training.attacks.base import Attack, eval_mode, model_device, validate_images
+from training.gate.attacks.base import Attack, validate_images
+from training.gate.tensors import eval_mode, model_device
 
 __all__ = ["AttackResult", "adversarial_quality", "run_attack", "score_images"]
 

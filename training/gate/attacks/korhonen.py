@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attacks._registry import register_attack
-from training.attacks.base import Attack, eval_mode, model_device, predict, score_midpoint, sign_ascent
-from training.attacks.objectives import check_objective, make_objective
+from training.gate.attacks._registry import register_attack
+from training.gate.attacks.base import Attack, score_midpoint, sign_ascent
+from training.gate.attacks.objectives import check_objective, make_objective
+from training.gate.tensors import eval_mode, model_device, predict
 
 __all__ = ["Korhonen", "texture_mask"]
 
@@ -49,6 +50,7 @@ class Korhonen(Attack):
     ε = 4/255, ``steps`` = 10 masked sign steps of lr·ε (lr = 0.2, Table S7), objective ``mid``."""
 
     name: ClassVar[str] = "korhonen"
+    needs_surrogate: ClassVar[bool] = True
 
     def __init__(
         self,

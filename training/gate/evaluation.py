@@ -1,0 +1,174 @@
+"""The evaluation engine of the acceptance gate: clean metrics, the attack suite, gradient norms and
+the FGSM intensity sweep of one model on one set of canonical test images, assembled into a report.
+
+What is attacked is the *served* score: ``training.gate.scoring.CropScorer`` over whole canonical
+images (``scoring.attack_crops`` of the gate config picks the crop count the attacks see; Table 1
+always uses the model's own crops). Images of different canonical sizes are batched by size. The attack
+sections are run by ``training.gate.attack_runs``; this module measures the rest and assembles::
+
+    {"meta": {...}, "clean": {"served": metrics, "attack_scorer": metrics},
+     "attacks": {name: {"status": "ok" | "not run" | "error", "metrics": attack_metrics(...),
+                        "quality": {...}, "per_image": {...}, "seconds": s, ...}},
+     "grad_norm": grad_norm_report(...), "sweep": {"rows": [...]}, "seconds": {...}}
+
+(``evaluate_model(model, data, cfg, surrogate=...)``). The gate config is validated by
+``training.gate.config``; thresholds are the verdict's business (``training.gate.verdict``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.gate.attack_runs import EvalContext, not_run, run_section, run_sweep
+from training.gate.config import select_attacks, validate_config
+from training.gate.data import EvalData
+from training.gate.grad_norms import grad_norm_report
+from training.gate.identity import config_sha256, measurement_sha256, weights_sha256
+from training.gate.metrics import relative_rmse
+from training.gate.scoring import CropScorer
+from training.gate.tensors import eval_mode, model_device
+from training.metrics import iqa_metrics
+
+__all__ = ["add_derived_metrics", "evaluate_model"]
+
+
+def _scores(scorer: CropScorer, data: EvalData, batch_size: int) -> np.ndarray:
+    out = np.empty(len(data))
+    with eval_mode(scorer), torch.no_grad():
+        for positions, x in data.batches(batch_size):
+            out[positions] = scorer.score(x.to(model_device(scorer))).cpu().numpy()
+    return out
+
+
+def _grad_norms(ctx: EvalContext, h: float) -> dict[str, Any]:
+    section = ctx.cfg.get("grad_norm") or {}
+    data = ctx.data.head(section.get("max_images"))
+    batches = list(data.batches(ctx.batch_size))
+    report = grad_norm_report(
+        ctx.scorer,
+        [x for _, x in batches],
+        h=h,
+        batch_size=ctx.batch_size,
+        check_hs=[float(v) for v in section.get("check_h") or ()],
+    )
+    order = [p for positions, _ in batches for p in positions]
+    for key in ("exact", "fd"):  # back to the data order
+        values = np.empty(len(order))
+        values[order] = report[key]
+        report[key] = values.tolist()
+    report.update(status="ok", n_images=len(data), mos=data.mos.tolist())
+    return report
+
+
+def _clean(ctx: EvalContext) -> dict[str, Any]:
+    """Table 1 with the served scorer, plus the attack scorer's clean metrics when it differs."""
+    fit_logistic = bool(ctx.cfg.get("fit_logistic", False))
+    scores = _scores(ctx.served, ctx.data, ctx.batch_size)
+    clean: dict[str, Any] = {
+        "served": {**iqa_metrics(scores, ctx.data.mos, fit_logistic), "score_std": float(np.std(scores)),
+                   "n_images": len(ctx.data), "num_crops": ctx.served.num_crops},
+        "scores": scores.tolist(),
+        "mos": ctx.data.mos.tolist(),
+    }
+    if ctx.scorer.num_crops != ctx.served.num_crops:
+        attack_scores = _scores(ctx.scorer, ctx.data, ctx.batch_size)
+        clean["attack_scorer"] = {**iqa_metrics(attack_scores, ctx.data.mos, fit_logistic),
+                                  "n_images": len(ctx.data), "num_crops": ctx.scorer.num_crops}
+    return clean
+
+
+def add_derived_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """Fill in metrics that are functions of the stored per-image scores (the clean score spread, the
+    relative RMSE of each attack) where a report measured by an older version lacks them; in place."""
+    served = report.get("clean", {}).get("served")
+    scores = report.get("clean", {}).get("scores")
+    if isinstance(served, dict) and scores and "score_std" not in served:
+        served["score_std"] = float(np.std(np.asarray(scores, dtype=np.float64)))
+    for entry in (report.get("attacks") or {}).values():
+        per_image, metrics = entry.get("per_image"), entry.get("metrics")
+        missing = isinstance(metrics, dict) and "rel_rmse" not in metrics
+        if entry.get("status") == "ok" and per_image and missing:
+            metrics["rel_rmse"] = relative_rmse(per_image["clean"], per_image["adv"])
+    return report
+
+
+def _timed(seconds: dict[str, float], key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    start = time.perf_counter()
+    out = fn()
+    seconds[key] = time.perf_counter() - start
+    return out
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: EvalData,
+    cfg: dict[str, Any],
+    *,
+    attacks: list[str] | None = None,
+    surrogate: nn.Module | None = None,
+    h: float = 0.01,
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation described by the gate config ``cfg`` on ``data`` (see the module docstring).
+
+    ``model`` and ``surrogate`` are used on their own devices, in eval mode (their modes are put back
+    afterwards); ``attacks`` selects sections (``select_attacks``); ``h`` is the finite-difference
+    step when the config leaves it null; ``cache_dir`` is where a fitted UAP is cached (None: not).
+    """
+    validate_config(cfg)
+    if len(data) == 0:
+        raise ValueError("no images to evaluate")
+    started = time.time()
+    scorer = CropScorer(model, num_eval_crops=(cfg.get("scoring") or {}).get("attack_crops"))
+    ctx = EvalContext(
+        cfg=cfg, data=data, served=CropScorer(model), scorer=scorer,
+        surrogate=CropScorer(surrogate, scorer.preprocess_cfg) if surrogate is not None else None,
+        surrogate_id=weights_sha256(surrogate) if surrogate is not None else None,
+        cache_dir=Path(cache_dir) if cache_dir is not None else None,
+    )
+    seconds: dict[str, float] = {}
+    report: dict[str, Any] = {"meta": {}, "clean": {}, "attacks": {}, "seconds": seconds}
+    with eval_mode(model), eval_mode(surrogate if surrogate is not None else nn.Identity()):
+        report["clean"] = _timed(seconds, "clean", partial(_clean, ctx))
+        selected = select_attacks(cfg, attacks)
+        for name, entry in cfg["attacks"].items():
+            if name in selected:
+                report["attacks"][name] = _timed(seconds, name, partial(run_section, name, entry, ctx))
+            else:
+                reason = "not requested" if entry.get("enabled", True) else "disabled in the gate config"
+                report["attacks"][name] = not_run(name, entry, reason)
+        gn, sw = cfg.get("grad_norm") or {}, cfg.get("sweep") or {}
+        report["grad_norm"] = (
+            _timed(seconds, "grad_norm", partial(_grad_norms, ctx, float(gn.get("h") or h)))
+            if gn.get("enabled", True) else {"status": "not run"}
+        )
+        sweep_on = sw.get("enabled", True) and sw.get("eps") and sw.get("iters")
+        report["sweep"] = (
+            _timed(seconds, "sweep", partial(run_sweep, ctx))
+            if sweep_on else {"status": "not run", "rows": []}
+        )
+    seconds["total"] = sum(seconds.values())
+    report["meta"] = {
+        "started": started,
+        "n_images": len(data),
+        "paths": data.paths,
+        "served_crops": ctx.served.num_crops,
+        "attack_crops": scorer.num_crops,
+        "preprocess": scorer.preprocess_cfg.to_dict(),
+        "device": str(model_device(model)),
+        "torch": torch.__version__,
+        "weights_sha256": weights_sha256(model),
+        "surrogate_weights_sha256": ctx.surrogate_id,
+        "config": cfg,
+        "config_sha256": config_sha256(cfg),
+        "measurement_sha256": measurement_sha256(cfg),
+    }
+    return report
