@@ -149,3 +149,20 @@ def test_cli_overrides_read_exponent_floats_as_numbers() -> None:
     got = parse_overrides(["nt.lam=1e-05", "nt.h=0.01", "optim.lr=3E-4", "seed=1", "data.manifest=a/1e5.csv"])
     assert got == {"nt.lam": 1e-05, "nt.h": 0.01, "optim.lr": 3e-4, "seed": 1, "data.manifest": "a/1e5.csv"}
     assert isinstance(got["nt.lam"], float)
+
+
+@pytest.mark.parametrize("mode", ["fd", "exact"])
+def test_regulariser_under_autocast_matches_float32(mode: str) -> None:
+    """AMP must not quantise the difference quotient: bfloat16 (CPU autocast) stores a score of ~50
+    in steps of 0.25, so at h = 0.01 a low-precision f(x + h·d) − f(x) would be off by ~25 per image."""
+    model = SmallNet()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    y = torch.full((4,), 50.0)
+    cfg = NTConfig(lam=1.0, h=0.01, mode=mode)  # type: ignore[arg-type]
+    ref = nt_loss(model, x, y, nn.L1Loss(), cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = nt_loss(model, x, y, lambda p, t: nn.functional.l1_loss(p.float(), t), cfg)
+    assert amp.reg.dtype == torch.float32
+    torch.testing.assert_close(amp.reg, ref.reg, rtol=0.02, atol=1e-3)
+    amp.loss.backward()  # the float32 regulariser still reaches the parameters
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

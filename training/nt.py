@@ -9,10 +9,17 @@ Cost notes (see bench/nt_overhead.py): d comes from one input-gradient pass over
 graph (``retain_graph=True``), so NT needs one extra forward (at x + h·d), not two. ``reg_fraction``
 < 1 evaluates the finite difference on the first part of the batch only (an unbiased estimate of the
 same mean with more variance), which cuts the extra forward/backward.
+
+Precision: the difference quotient divides a score difference by h. Under float16 autocast a score
+near 50 is stored in steps of 0.031, so at h = 0.01 the quotient would have a resolution of ~3, the
+size of the norms being penalised. Both forwards of the regulariser therefore run in float32 with
+autocast off (under autocast that costs one more forward, f(x) in float32); the main forward, the
+IQA loss and the direction d = sign(∇ₓf) stay in the autocast dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -62,8 +69,20 @@ def finite_difference_norm(
 ) -> torch.Tensor:
     """|(f(clamp(x + h·d)) − f(x)) / h| per sample: Eq. 6. Differentiable in the model's parameters
     through both f(x + h·d) and f(x) (``pred`` must be f(x) with its graph)."""
-    x_pert = (x.detach() + h * d).clamp_(0.0, 1.0)
-    return ((model(x_pert) - pred) / h).abs()
+    x_pert = (x.detach().float() + h * d.float()).clamp_(0.0, 1.0)
+    with _full_precision(x):
+        return ((model(x_pert).float() - pred.float()) / h).abs()
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    return torch.is_autocast_enabled(x.device.type)
+
+
+def _full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Autocast off on x's device (float32 math) inside the block; a no-op outside autocast."""
+    if _autocast_on(x):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def input_grad_l1(model: nn.Module, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
@@ -97,13 +116,23 @@ def nt_loss(
     n_reg = max(1, round(cfg.reg_fraction * x.shape[0]))
 
     if cfg.mode == "exact":
-        (g,) = torch.autograd.grad(pred[:n_reg].sum(), x, create_graph=True)
-        norm = g[:n_reg].abs().flatten(1).sum(1)
+        if _autocast_on(x):
+            with _full_precision(x):
+                xr = x[:n_reg].float().detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(model(xr).sum(), xr, create_graph=True)
+        else:
+            (g,) = torch.autograd.grad(pred[:n_reg].sum(), x, create_graph=True)
+            g = g[:n_reg]
+        norm = g.abs().flatten(1).sum(1)
     else:
         # d = sign(∇ₓ f(x)) from the main forward's graph: no extra forward for the direction.
         (g,) = torch.autograd.grad(pred[:n_reg].sum(), x, retain_graph=True)
         d = torch.sign(g[:n_reg]).detach()
-        norm = finite_difference_norm(model, x[:n_reg], pred[:n_reg], d, cfg.h)
+        base = pred[:n_reg]
+        if _autocast_on(x):  # f(x) again in float32: both sides of the difference at full precision
+            with _full_precision(x):
+                base = model(x[:n_reg].detach().float())
+        norm = finite_difference_norm(model, x[:n_reg], base, d, cfg.h)
 
     reg = norm.pow(2).mean()
     loss = iqa + cfg.lam * reg
