@@ -19,7 +19,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,train,dev]'
+	$(BIN)/pip install --quiet -e '.[serve,train,bench,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 install-serve: $(VENV)/.serve-installed

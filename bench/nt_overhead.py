@@ -7,7 +7,8 @@ is measured cleanly: on CUDA with ``torch.cuda.max_memory_allocated``, on CPU as
 process's peak RSS over its RSS just before the first step (activations + gradients + optimizer state).
 A training step is forward + loss + backward + AdamW step with BatchNorm frozen, as in train.py.
 Variants: plain (λ = 0), NT finite difference (Eq. 7, main forward reused), NT with the regulariser on
-half the batch (``reg_fraction=0.5``), and the exact double-backprop form (Eq. 5).
+half the batch (``reg_fraction=0.5``), the exact double-backprop form (Eq. 5), and ``shipped``: the
+``nt`` section of training/configs/default.yaml as it is.
 """
 
 from __future__ import annotations
@@ -19,11 +20,23 @@ import resource
 import statistics
 import time
 
+
+def _shipped_nt() -> dict:
+    """The ``nt`` section of the shipped recipe (training/configs/default.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "training" / "configs" / "default.yaml"
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8"))["nt"])
+
+
 VARIANTS: dict[str, dict] = {
     "plain": {"lam": 0.0},
     "nt_fd": {"lam": 1e-3, "mode": "fd"},
     "nt_fd_half": {"lam": 1e-3, "mode": "fd", "reg_fraction": 0.5},
     "nt_exact": {"lam": 1e-3, "mode": "exact"},
+    "shipped": _shipped_nt(),
 }
 
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.build_dataset import main
-from training.data.distortions import DISTORTIONS, NUM_LEVELS, apply_distortion, list_distortions
+from training.build_dataset import AD_KINDS, main
+from training.data.distortions import DISTORTIONS, KADID_TYPES, NUM_LEVELS, apply_distortion, list_distortions
 from training.data.manifests import MANIFEST_COLUMNS, SPLITS, read_manifest
+from training.data.references import cut_reference, plan_references
 from training.preprocessing import SIDE_MULTIPLE, PreprocessConfig, canonical_size
 from training.train import data_hash
 
@@ -88,14 +89,45 @@ def test_splits_by_scene_disjoint_and_nonempty(rows: list[dict[str, str]]) -> No
     assert not scenes_of["val"] & scenes_of["test"]
 
 
-def test_at_least_12_types_with_5_levels_each(rows: list[dict[str, str]]) -> None:
+def test_every_kadid_type_and_ad_kind_with_5_levels_each(rows: list[dict[str, str]]) -> None:
     levels = defaultdict(set)
     for r in rows:
         if r["distortion"] != "pristine":
             levels[r["distortion"]].add(int(r["level"]))
-    full = [d for d, lv in levels.items() if lv == set(range(1, NUM_LEVELS + 1))]
-    assert len(full) >= 12
-    assert len({DISTORTIONS[d].kadid_type for d in full}) == len(full)
+    full = {d for d, lv in levels.items() if lv == set(range(1, NUM_LEVELS + 1))}
+    assert {DISTORTIONS[d].kadid_type for d in full} == set(KADID_TYPES)  # all 25 KADID-10k types
+    assert set(AD_KINDS) <= full  # and the damage ad images carry (WebP, resolution, exposure, ...)
+
+
+def test_splits_are_by_source_photo_not_by_patch(ci_build: Path, rows: list[dict[str, str]]) -> None:
+    meta = json.loads((ci_build / "dataset.json").read_text())
+    split_of_source = {s["scene"]: s["split"] for s in meta["sources"]}
+    for r in rows:
+        source = r["scene"].split("~")[0]  # a reference patch is named <source>~r<k>
+        assert r["split"] == split_of_source[source], r["path"]
+
+
+def test_full_size_cuts_native_patches_at_several_zooms() -> None:
+    rng = np.random.default_rng(0)
+    specs = plan_references("wall", 3000, 4500, patch=384, per_source=40, rng=rng)
+    assert len(specs) == 40
+    zooms = [s.zoom for s in specs]
+    assert min(zooms) < 0.3 and max(zooms) > 0.7 and all(z <= 1.0 + 1e-9 for z in zooms)
+    assert any(s.render == 2 for s in specs) and any(s.render == 1 for s in specs)
+    for s in specs:
+        assert 0 <= s.y <= 3000 - s.region and 0 <= s.x <= 4500 - s.region
+        img = cut_reference(np.zeros((3000, 4500, 3), np.uint8), s)
+        assert img.shape == (384 * s.render, 384 * s.render, 3)
+    assert plan_references("small", 300, 500, patch=384, per_source=3, rng=rng) == []
+
+
+def test_served_size_is_native_within_the_bounds() -> None:
+    cfg = PreprocessConfig(sizing="native")
+    assert canonical_size(384, 512, cfg) == (384, 512)  # native pixels: no resize
+    assert canonical_size(1536, 2048, cfg) == (1536, 2048)
+    assert canonical_size(3000, 4000, cfg) == (1536, 2048)  # above the cap: longer side to 2048
+    assert canonical_size(100, 300, cfg) == (224, 672)  # below one crop: shorter side up to 224
+    assert canonical_size(60, 9000, cfg)[0] == 224  # a banner stays croppable
 
 
 def test_mean_label_decreases_with_level_for_every_type(rows: list[dict[str, str]]) -> None:

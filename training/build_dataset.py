@@ -67,17 +67,52 @@ from training.data.pseudo_mos import (
     pristine_mos,
     pseudo_mos,
 )
-from training.preprocessing import PreprocessConfig, resize_canonical
+from training.data.references import ReferenceSpec, cut_reference, downscale, plan_references
+from training.preprocessing import PreprocessConfig
 from training.utils import dump_json
 
 logger = logging.getLogger("build_dataset")
 
-SIZES: dict[str, PreprocessConfig] = {
-    "ci": PreprocessConfig(short_side=96, max_long_side=128, crop_size=64),
-    "full": PreprocessConfig(),
+@dataclass(frozen=True)
+class BuildSize:
+    """One dataset size: how images are scored (``preprocess``), and how references are cut.
+
+    ``types_per_reference`` distortion types are drawn per reference (0 = all), ad-image damage
+    (``AD_KINDS``) with ``ad_weight`` times the chance of the others."""
+
+    preprocess: PreprocessConfig
+    patch: int
+    per_source: int
+    types_per_reference: int = 0
+    ad_weight: float = 3.0
+
+
+# Dataset v2: native-resolution reference patches, scored as they are (PreprocessConfig.sizing).
+SIZES: dict[str, BuildSize] = {
+    "ci": BuildSize(
+        PreprocessConfig(
+            sizing="native", short_side=96, max_long_side=128, crop_size=64, native_max_side=256
+        ),
+        patch=96,
+        per_source=1,
+    ),
+    "full": BuildSize(PreprocessConfig(sizing="native"), patch=384, per_source=6, types_per_reference=10),
 }
+# What ad images commonly carry (the held-out ranking check's kinds): drawn more often.
+AD_KINDS = (
+    "jpeg",
+    "webp",
+    "gaussian_blur",
+    "motion_blur",
+    "white_noise",
+    "pixelate",
+    "downscale_upscale",
+    "contrast_loss",
+    "overexpose",
+    "underexpose",
+)
 PRISTINE = "pristine"
-_PNG_COMPRESS_LEVEL = 3
+_PNG_COMPRESS_LEVEL = 1
 _OUTPUTS = ("images", "manifest.csv", "dataset.json")
 
 
@@ -196,7 +231,7 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 @dataclass(frozen=True)
 class SceneTask:
     source: PristineSource
-    preprocess: dict[str, Any]
+    size: str
     seed: int
     out_dir: str
     distortions: tuple[str, ...]
@@ -210,6 +245,7 @@ class RenderedImage:
     level: int
     kadid_type: int  # 0 for the pristine image
     fr: float
+    source: str = ""  # the source photo the reference patch was cut from (the unit of the splits)
 
 
 def collect_sources(
@@ -234,27 +270,64 @@ def scene_rng(seed: int, scene: str, kadid_type: int, level: int) -> np.random.G
     return np.random.default_rng([seed, zlib.crc32(scene.encode()), kadid_type, level])
 
 
+def pick_distortions(
+    names: Sequence[str], k: int, ad_weight: float, rng: np.random.Generator
+) -> tuple[str, ...]:
+    """``k`` distinct distortion names (all when k is 0), ad-image kinds ``ad_weight`` times likelier."""
+    if k <= 0 or k >= len(names):
+        return tuple(names)
+    w = np.array([ad_weight if n in AD_KINDS else 1.0 for n in names])
+    picked = set(rng.choice(len(names), size=k, replace=False, p=w / w.sum()).tolist())
+    return tuple(n for i, n in enumerate(names) if i in picked)
+
+
 def render_scene(task: SceneTask) -> list[RenderedImage]:
-    """Worker: canonical pristine + every distortion x level, written as PNG, with FR similarities."""
-    cfg = PreprocessConfig.from_dict(task.preprocess)
-    scene = task.source.scene
-    pristine = resize_canonical(task.source.load(), cfg)
-    scene_dir = Path(task.out_dir) / "images" / scene
+    """Worker: every reference patch of one source photo + its distortions x levels, as PNG, with FR
+    similarities. The manifest's scene is the reference patch; the split is the source's."""
+    size = SIZES[task.size]
+    source = task.source.load()
+    plan_rng = np.random.default_rng([task.seed, zlib.crc32(task.source.scene.encode()), 0])
+    specs = plan_references(
+        task.source.scene, source.shape[0], source.shape[1], size.patch, size.per_source, plan_rng
+    )
+    out: list[RenderedImage] = []
+    for spec in specs:
+        kinds = pick_distortions(task.distortions, size.types_per_reference, size.ad_weight, plan_rng)
+        out.extend(_render_reference(task, spec, source, kinds))
+    return out
+
+
+def _render_reference(
+    task: SceneTask, spec: ReferenceSpec, source: np.ndarray, kinds: tuple[str, ...]
+) -> list[RenderedImage]:
+    scene = spec.name
+    rendered = cut_reference(source, spec)
+    pristine = downscale(rendered, spec.render)
+    folder = scene.replace("~", "_")
+    scene_dir = Path(task.out_dir) / "images" / task.source.scene / folder
     scene_dir.mkdir(parents=True, exist_ok=True)
 
     def save(img: np.ndarray, distortion: str, level: int) -> str:
-        name = f"{scene}_{distortion}_{level}.png"
+        name = f"{folder}_{distortion}_{level}.png"
         Image.fromarray(img).save(scene_dir / name, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
-        return f"images/{scene}/{name}"
+        return f"images/{task.source.scene}/{folder}/{name}"
 
-    out = [RenderedImage(save(pristine, PRISTINE, 0), scene, PRISTINE, 0, 0, 1.0)]
-    for name in task.distortions:
+    src = task.source.scene
+    out = [RenderedImage(save(pristine, PRISTINE, 0), scene, PRISTINE, 0, 0, 1.0, src)]
+    for name in kinds:
         dist = DISTORTIONS[name]
         for level in range(1, NUM_LEVELS + 1):
-            img = dist(pristine, level, scene_rng(task.seed, scene, dist.kadid_type, level))
+            rng = scene_rng(task.seed, scene, dist.kadid_type, level)
+            img = downscale(dist(rendered, level, rng), spec.render)
             out.append(
                 RenderedImage(
-                    save(img, name, level), scene, name, level, dist.kadid_type, fr_similarity(pristine, img)
+                    save(img, name, level),
+                    scene,
+                    name,
+                    level,
+                    dist.kadid_type,
+                    fr_similarity(pristine, img),
+                    src,
                 )
             )
     return out
@@ -302,20 +375,23 @@ def build_synthetic(
     out: Path, size: str, seed: int, workers: int, pristine_dir: Path | None, cache_dir: Path
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    cfg = SIZES[size]
+    build = SIZES[size]
+    cfg = build.preprocess
     anchors = load_kadid_anchors()
     sources, source_description = collect_sources(size, pristine_dir, cache_dir)
     names = tuple(list_distortions())
     logger.info(
-        "%d scenes x %d distortions x %d levels at short side %d, %d worker(s)",
+        "%d source photos x %d patches of %d px, %s of %d distortions x %d levels, %d worker(s)",
         len(sources),
+        build.per_source,
+        build.patch,
+        build.types_per_reference or "all",
         len(names),
         NUM_LEVELS,
-        cfg.short_side,
         workers,
     )
 
-    tasks = [SceneTask(s, cfg.to_dict(), seed, str(out), names) for s in sources]
+    tasks = [SceneTask(s, size, seed, str(out), names) for s in sources]
     rendered = _render_all(tasks, min(workers, len(tasks)))
 
     distorted = [r for r in rendered if r.distortion != PRISTINE]
@@ -332,11 +408,15 @@ def build_synthetic(
         )
     )
     top = pristine_mos(anchors)
-    scene_split = assign_splits((s.scene for s in sources), seed, *SPLIT_SCHEMES["scene"])
+    used = sorted({r.source for r in rendered})
+    if len(used) < 3:
+        raise BuildError(f"only {len(used)} source photos are large enough for {build.patch}-px patches")
+    source_split = assign_splits(used, seed, *SPLIT_SCHEMES["scene"])
     rows = [
-        ManifestRow(r.path, labels.get(r.path, top), scene_split[r.scene], r.scene, r.distortion, r.level)
+        ManifestRow(r.path, labels.get(r.path, top), source_split[r.source], r.scene, r.distortion, r.level)
         for r in rendered
     ]
+    scene_split = {r.scene: source_split[r.source] for r in rendered}
     write_manifest(rows, out / "manifest.csv")
 
     summary = {
@@ -344,8 +424,17 @@ def build_synthetic(
         "seed": seed,
         "preprocess": cfg.to_dict(),
         "images_canonical": True,
+        "version": 2,
+        "references": {
+            "patch": build.patch,
+            "per_source": build.per_source,
+            "types_per_reference": build.types_per_reference,
+            "ad_kinds": list(AD_KINDS),
+            "ad_weight": build.ad_weight,
+        },
         "n_images": len(rows),
-        "n_scenes": len(sources),
+        "n_scenes": len(scene_split),
+        "n_sources": len(used),
         "splits": {s: sum(r.split == s for r in rows) for s in SPLITS},
         "split_scenes": {s: sorted(k for k, v in scene_split.items() if v == s) for s in SPLITS},
         "distortions": [
@@ -371,7 +460,10 @@ def build_synthetic(
             "pristine_mos": round(top, 4),
         },
         "pristine_source": source_description,
-        "scenes": [s.to_dict() | {"split": scene_split[s.scene]} for s in sources],
+        "sources": [
+            s.to_dict() | {"split": source_split[s.scene]} for s in sources if s.scene in source_split
+        ],
+        "split_sources": {s: sorted(k for k, v in source_split.items() if v == s) for s in SPLITS},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     dump_json(summary, out / "dataset.json")

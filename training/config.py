@@ -45,8 +45,16 @@ DEFAULTS: dict[str, Any] = {
         "mode": "fd",  # fd (Eq. 7) | exact (Eq. 5, double backprop)
         "reg_fraction": 1.0,  # share of each batch the regulariser is evaluated on
     },
+    "rank": {
+        # Pairwise ranking hinge between damage levels of one reference (training/losses.py);
+        # 0 = regression only. margin / cross_gap in score points; cross_gap 0 = no cross-reference pairs.
+        "weight": 0.0,
+        "margin": 2.0,
+        "group_size": 4,
+        "cross_gap": 0.0,
+    },
     "optim": {
-        "loss": "l1",  # l1 | mse | smooth_l1
+        "loss": "l1",  # l1 | mse | smooth_l1 (the regression part of the IQA loss)
         "lr": 1e-4,
         "head_lr_mult": 10.0,
         "weight_decay": 1e-4,
@@ -60,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "freeze_bn": True,
         "max_steps_per_epoch": None,
         "eval_batch_size": 8,
+        "max_val_images": None,  # evenly spaced subset of the val split for per-epoch selection (speed)
         "log_every": 10,
         "resume": None,
         "gate": False,  # run the acceptance gate at the end (needs the attack suite)

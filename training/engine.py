@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -51,9 +52,22 @@ def _autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
+def _iqa_loss(
+    criterion: Callable[..., torch.Tensor],
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    group: torch.Tensor | None,
+    level: torch.Tensor | None,
+) -> torch.Tensor:
+    """The IQA loss in float32 (AMP or not), with the batch's ranking groups when it has them."""
+    if group is None:
+        return criterion(pred.float(), target)
+    return criterion(pred.float(), target, group, level)
+
+
 def train_one_epoch(
     model: nn.Module,
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    criterion: Callable[..., torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loader: DataLoader,
@@ -76,13 +90,14 @@ def train_one_epoch(
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
     start = time.perf_counter()
     bar = tqdm(loader, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=2.0)
-    for step, (x, y) in enumerate(bar):
+    for step, batch in enumerate(bar):
         if step >= total:
             break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
+        x, y, *ranking = (t.to(device, non_blocking=True) for t in batch)
+        group, level = ranking if ranking else (None, None)
+
         with _autocast(device, amp):
-            out = nt_loss(model, x, y, lambda p, t: criterion(p.float(), t), nt_cfg)
+            out = nt_loss(model, x, y, partial(_iqa_loss, criterion, group=group, level=level), nt_cfg)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(out.loss).backward()

@@ -5,7 +5,11 @@ without a training install.
 
 Pipeline (every stage is a function here):
     decode_image(bytes) -> RGB uint8 HxWx3
-    resize_canonical(img, cfg) -> RGB uint8, shorter side ``cfg.short_side``, both sides multiples of 32
+    resize_canonical(img, cfg) -> RGB uint8 at the model's scoring size (``cfg.sizing``):
+        'fixed'  shorter side ``cfg.short_side``, longer side capped, both multiples of 32 (model v1)
+        'native' the decoded pixels as they are; only an image whose longer side exceeds
+                 ``cfg.native_max_side`` is downscaled to it, and one whose shorter side is below
+                 ``cfg.crop_size`` is upscaled to it (docs/SIZING.md says why and what it costs)
     eval_crops(img, cfg) -> uint8 N x crop x crop x 3 (deterministic multi-crop)
     random_crop(img, cfg, rng) -> uint8 crop x crop x 3 (training, with horizontal flip)
 
@@ -27,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
+    "SIZINGS",
     "ImageDecodeError",
     "ImageTooLargeError",
     "PreprocessConfig",
@@ -42,6 +47,8 @@ __all__ = [
 # Backbone strides: sides that are multiples of this keep every stride-2 input even, which is what
 # the static TF-"SAME" padding of the EfficientNet-Lite backbone was computed for.
 SIDE_MULTIPLE = 32
+# How an image is sized before its evaluation crops are cut (PreprocessConfig.sizing).
+SIZINGS = ("fixed", "native")
 
 
 # Pillow messages can embed object reprs ("<_io.BytesIO object at 0x7f...>"): internals, not for clients.
@@ -74,6 +81,7 @@ class ImageTooLargeError(ValueError):
 class PreprocessConfig:
     """Preprocessing and score-scale settings that travel with a model (checkpoint, metadata.json)."""
 
+    sizing: str = "fixed"
     short_side: int = 288
     max_long_side: int = 512
     crop_size: int = 224
@@ -83,6 +91,7 @@ class PreprocessConfig:
     score_min: float = 0.0
     score_max: float = 100.0
     lower_is_better: bool = False
+    native_max_side: int = 2048
     max_pixels: int = 50_000_000
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -93,6 +102,10 @@ class PreprocessConfig:
             raise ValueError("crop_size must not exceed short_side")
         if self.max_long_side < self.short_side:
             raise ValueError("max_long_side must be >= short_side")
+        if self.sizing not in SIZINGS:
+            raise ValueError(f"sizing must be one of {SIZINGS}, got {self.sizing!r}")
+        if self.native_max_side < self.crop_size:
+            raise ValueError("native_max_side must be >= crop_size")
         if self.num_eval_crops not in (1, 5, 9):
             raise ValueError("num_eval_crops must be 1 (center), 5 (corners + center) or 9 (3x3 grid)")
 
@@ -159,7 +172,9 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
 
 
 def canonical_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
-    """Target (height, width): shorter side = cfg.short_side, longer side capped, both multiples of 32."""
+    """Target (height, width) at which an image of this size is scored (see ``cfg.sizing``)."""
+    if cfg.sizing == "native":
+        return _native_size(height, width, cfg)
     short, long_ = min(height, width), max(height, width)
     scale = cfg.short_side / short
     new_long = min(long_ * scale, cfg.max_long_side)
@@ -169,8 +184,24 @@ def canonical_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int,
     return new_long, cfg.short_side
 
 
+def _native_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """Native pixels: compression blocks, noise grain and pixelation keep the scale they were made at.
+    Longer side capped at ``native_max_side`` (bounds decode-to-crop cost), shorter side at least one
+    crop (an image smaller than a crop is upscaled, the only case where pixels are invented)."""
+    short, long_ = min(height, width), max(height, width)
+    scale = 1.0
+    if long_ > cfg.native_max_side:
+        scale = cfg.native_max_side / long_
+    if short * scale < cfg.crop_size:
+        scale = cfg.crop_size / short
+    if scale == 1.0:
+        return height, width
+    return max(cfg.crop_size, round(height * scale)), max(cfg.crop_size, round(width * scale))
+
+
 def resize_canonical(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Resize RGB uint8 HxWx3 to the canonical size (antialiased bicubic, Pillow)."""
+    """Resize RGB uint8 HxWx3 to the size it is scored at (antialiased bicubic, Pillow); a no-op when
+    it already has that size (always, for a 'native' image within the bounds)."""
     th, tw = canonical_size(img.shape[0], img.shape[1], cfg)
     if (img.shape[0], img.shape[1]) == (th, tw):
         return np.ascontiguousarray(img)

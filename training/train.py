@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 
 from training.config import DEFAULTS, merge_config, set_dotted
 from training.data.dataset import ManifestDataset, dataset_preprocess_config
+from training.data.sampler import GroupedBatchSampler
 from training.engine import evaluate, train_one_epoch
+from training.losses import REGRESSION_LOSSES, IQALoss, RankConfig
 from training.models import create_model
 from training.nt import NTConfig
 from training.preprocessing import PreprocessConfig
@@ -43,7 +45,6 @@ from training.utils import (
 
 log = logging.getLogger("train")
 
-LOSSES = {"l1": nn.L1Loss, "mse": nn.MSELoss, "smooth_l1": nn.SmoothL1Loss}
 SELECTION_METRIC = "srocc"
 
 
@@ -73,8 +74,9 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             cfg = set_dotted(cfg, key, value)
     NTConfig(**cfg["nt"])  # validate early
-    if cfg["optim"]["loss"] not in LOSSES:
-        raise ValueError(f"optim.loss must be one of {sorted(LOSSES)}")
+    RankConfig(**cfg["rank"])
+    if cfg["optim"]["loss"] not in REGRESSION_LOSSES:
+        raise ValueError(f"optim.loss must be one of {sorted(REGRESSION_LOSSES)}")
     return cfg
 
 
@@ -101,7 +103,15 @@ def build_loaders(cfg: dict[str, Any], pp: PreprocessConfig, device: torch.devic
         ds = ManifestDataset(
             data["manifest"], split, pp, train=train, seed=cfg["seed"], cache=data["cache_images"]
         )
+        limit = cfg["train"]["max_val_images"]
+        if split == "val" and limit and len(ds.rows) > limit:
+            ds.rows = [ds.rows[round(i * len(ds.rows) / limit)] for i in range(int(limit))]
         gen = torch.Generator().manual_seed(cfg["seed"])
+        rank = RankConfig(**cfg["rank"])
+        if train and rank.enabled:
+            sampler = GroupedBatchSampler(ds.rows, optim["batch_size"], rank.group_size, seed=cfg["seed"])
+            loaders[split] = DataLoader(ds, batch_sampler=sampler, **common)
+            continue
         loaders[split] = DataLoader(
             ds,
             batch_size=optim["batch_size"] if train else cfg["train"]["eval_batch_size"],
@@ -193,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
         steps_per_epoch = min(steps_per_epoch, int(cfg["train"]["max_steps_per_epoch"]))
     optimizer, scheduler = build_optimizer(model, cfg, epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if amp else None
-    criterion = LOSSES[cfg["optim"]["loss"]]()
+    criterion = IQALoss(cfg["optim"]["loss"], RankConfig(**cfg["rank"]))
 
     start_epoch, best_value, best_epoch = 0, -math.inf, -1
     if cfg["train"]["resume"]:
@@ -222,6 +232,8 @@ def main(args: argparse.Namespace) -> int:
     }
     for epoch in range(start_epoch, epochs):
         loaders["train"].dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        if isinstance(loaders["train"].batch_sampler, GroupedBatchSampler):
+            loaders["train"].batch_sampler.set_epoch(epoch)
         stats = train_one_epoch(
             model,
             criterion,

@@ -50,7 +50,11 @@ def _to_tensor(img: np.ndarray) -> torch.Tensor:
 
 
 class ManifestDataset(Dataset):
-    """Items: (image tensor, mos). Train: 3×c×c random crop. Eval: K×3×c×c crop stack."""
+    """Eval items: (K×3×c×c crop stack, mos). Train items: (3×c×c random crop, mos, group, level).
+
+    A training index is a row index or a ``(row, crop_key, group)`` triple from
+    ``training.data.sampler.GroupedBatchSampler``: rows with the same crop key get the same window
+    and flip (the members of one ranking group)."""
 
     def __init__(
         self,
@@ -84,12 +88,19 @@ class ManifestDataset(Dataset):
             self._cache[index] = img
         return img
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.canonical(index)
-        mos = torch.tensor(self.rows[index].mos, dtype=torch.float32)
-        if self.train:
+    def __getitem__(self, index: int | tuple[int, int, int]) -> tuple[torch.Tensor, ...]:
+        group = -1
+        if isinstance(index, tuple):
+            index, crop_key, group = index
+            rng = np.random.default_rng((self.seed, self.epoch, crop_key, 1))
+        else:
             rng = np.random.default_rng((self.seed, self.epoch, index))
-            return _to_tensor(random_crop(img, self.cfg, rng)), mos
+        img = self.canonical(index)
+        row = self.rows[index]
+        mos = torch.tensor(row.mos, dtype=torch.float32)
+        if self.train:
+            crop = _to_tensor(random_crop(img, self.cfg, rng))
+            return crop, mos, torch.tensor(group), torch.tensor(row.level)
         return _to_tensor(eval_crops(img, self.cfg)), mos
 
     @property

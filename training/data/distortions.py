@@ -416,3 +416,7 @@ def _high_sharpen(x: np.ndarray, amount: float, rng: np.random.Generator) -> np.
     s = max(1.0 * _scale(x), 0.5)
     blurred = ndimage.gaussian_filter(x, sigma=(s, s, 0), mode="reflect")
     return x + amount * (x - blurred)
+
+
+# The ad-image kinds beyond KADID register themselves into DISTORTIONS on import.
+from training.data import distortions_ad  # noqa: E402,F401

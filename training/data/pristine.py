@@ -35,6 +35,7 @@ __all__ = [
     "PristineSource",
     "directory_sources",
     "package_sources",
+    "unpack_debian_package",
     "wallpaper_sources",
 ]
 
@@ -232,6 +233,17 @@ def wallpaper_sources(cache_dir: str | Path) -> list[PristineSource]:
     return [
         PristineSource(n, s.kind, s.ref, s.origin, s.license) for n, s in zip(names, sources, strict=True)
     ]
+
+
+def unpack_debian_package(package: str, cache_dir: str | Path) -> Path:
+    """Download a Debian package's .deb (``apt-get download``, no install) and unpack it under
+    ``cache_dir``, once; the folder the package's files lie in. Raises OSError when it cannot."""
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        raise OSError("apt-get and dpkg-deb are needed to fetch Debian package " + package)
+    try:
+        return _fetch_and_unpack(package, Path(cache_dir), updated=False)[0]
+    except subprocess.SubprocessError as exc:
+        raise OSError(f"fetching {package} failed: {exc}") from None
 
 
 def _fetch_and_unpack(package: str, cache: Path, updated: bool) -> tuple[Path, bool]:
