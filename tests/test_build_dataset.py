@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.build_dataset import AD_KINDS, main
+from training.build_dataset import main
 from training.data.distortions import DISTORTIONS, KADID_TYPES, NUM_LEVELS, apply_distortion, list_distortions
 from training.data.manifests import MANIFEST_COLUMNS, SPLITS, read_manifest
 from training.data.references import cut_reference, plan_references
+from training.data.synthetic import AD_KINDS
 from training.preprocessing import SIDE_MULTIPLE, PreprocessConfig, canonical_size
 from training.train import data_hash
 
