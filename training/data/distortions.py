@@ -84,6 +84,7 @@ class Distortion:
     kadid_type: int
     params: tuple[float, ...]
     fn: FloatFn
+    is_kadid: bool = True  # False: not a KADID-10k type, only borrows that type's anchors
 
     @property
     def kadid_name(self) -> str:
@@ -101,7 +102,9 @@ class Distortion:
 DISTORTIONS: dict[str, Distortion] = {}
 
 
-def _register(name: str, kadid_type: int, params: tuple[float, ...]) -> Callable[[FloatFn], FloatFn]:
+def _register(
+    name: str, kadid_type: int, params: tuple[float, ...], is_kadid: bool = True
+) -> Callable[[FloatFn], FloatFn]:
     def decorator(fn: FloatFn) -> FloatFn:
         if name in DISTORTIONS:
             raise ValueError(f"distortion {name!r} is already registered")
@@ -109,7 +112,7 @@ def _register(name: str, kadid_type: int, params: tuple[float, ...]) -> Callable
             raise ValueError(f"unknown KADID-10k type {kadid_type}")
         if len(params) != NUM_LEVELS:
             raise ValueError(f"distortion {name!r} needs {NUM_LEVELS} parameters, got {len(params)}")
-        DISTORTIONS[name] = Distortion(name=name, kadid_type=kadid_type, params=params, fn=fn)
+        DISTORTIONS[name] = Distortion(name, kadid_type, params, fn, is_kadid)
         return fn
 
     return decorator

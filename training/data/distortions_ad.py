@@ -26,12 +26,12 @@ from training.data.distortions import _encode_decode, _register, _to_uint8
 __all__: list[str] = []
 
 
-@_register("webp", kadid_type=9, params=(40, 25, 15, 8, 2))
+@_register("webp", kadid_type=9, params=(40, 25, 15, 8, 2), is_kadid=False)
 def _webp(x: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
     return _encode_decode(x, "WEBP", quality=int(quality), method=4)
 
 
-@_register("downscale_upscale", kadid_type=1, params=(1.5, 2.0, 3.0, 4.0, 6.0))
+@_register("downscale_upscale", kadid_type=1, params=(1.5, 2.0, 3.0, 4.0, 6.0), is_kadid=False)
 def _downscale_upscale(x: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
     h, w = x.shape[:2]
     small = (max(1, round(w / factor)), max(1, round(h / factor)))
@@ -39,17 +39,17 @@ def _downscale_upscale(x: np.ndarray, factor: float, rng: np.random.Generator) -
     return np.asarray(im.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
 
 
-@_register("overexpose", kadid_type=16, params=(1.3, 1.6, 2.0, 2.6, 3.4))
+@_register("overexpose", kadid_type=16, params=(1.3, 1.6, 2.0, 2.6, 3.4), is_kadid=False)
 def _overexpose(x: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x * gain, 0.0, 1.0)
 
 
-@_register("underexpose", kadid_type=17, params=(0.75, 0.55, 0.4, 0.25, 0.14))
+@_register("underexpose", kadid_type=17, params=(0.75, 0.55, 0.4, 0.25, 0.14), is_kadid=False)
 def _underexpose(x: np.ndarray, gain: float, rng: np.random.Generator) -> np.ndarray:
     return np.round(x * gain * 255.0) / 255.0
 
 
-@_register("contrast_loss", kadid_type=25, params=(0.8, 0.65, 0.5, 0.35, 0.2))
+@_register("contrast_loss", kadid_type=25, params=(0.8, 0.65, 0.5, 0.35, 0.2), is_kadid=False)
 def _contrast_loss(x: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
     mean = x.mean(axis=(0, 1), keepdims=True)
     return mean + (x - mean) * factor

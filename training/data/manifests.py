@@ -204,7 +204,7 @@ _ALIASES = {
 }
 
 _KADID_NAME = re.compile(r"^I(\d+)_(\d+)_(\d+)\.\w+$", re.IGNORECASE)
-_KADID_TYPE_TO_NAME = {d.kadid_type: d.name for d in DISTORTIONS.values()}
+_KADID_TYPE_TO_NAME = {d.kadid_type: d.name for d in DISTORTIONS.values() if d.is_kadid}
 
 
 def resolve_dataset(name: str) -> DatasetSpec:

@@ -315,6 +315,7 @@ def build_synthetic(
                 "name": n,
                 "kadid_type": DISTORTIONS[n].kadid_type,
                 "kadid_name": DISTORTIONS[n].kadid_name,
+                "is_kadid_type": DISTORTIONS[n].is_kadid,
                 "params": list(DISTORTIONS[n].params),
                 "anchor_mos": [round(v, 3) for v in anchors[DISTORTIONS[n].kadid_type].mean],
                 "anchor_std": [round(v, 3) for v in anchors[DISTORTIONS[n].kadid_type].std],
