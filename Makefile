@@ -1,14 +1,24 @@
 # The two commands a fresh machine needs:
 #   make serve   install the gateway and serve the committed default model on 127.0.0.1:8080
 #   make test    install everything and run the whole test suite
+#   make triton  serve model_repository with the real tritonserver of the nvidia-pytriton wheel (CPU)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# make triton: the wheel's tritonserver in its own venv (it pins numpy<2; the Python-backend models
+# run in it too, see docs/TRITON.md), on loopback, with the CPU config of the scorer.
+TRITON_VENV ?= .venv-triton
+TRITON_HOST ?= 127.0.0.1
+TRITON_HTTP_PORT ?= 8000
+TRITON_GRPC_PORT ?= 8001
+TRITON_METRICS_PORT ?= 8002
+TRITON_CONFIG ?= cpu
+TRITON_REPOSITORY ?= model_repository
 
-.PHONY: serve test install-serve install-dev lint bench dataset train clean
+.PHONY: serve test triton triton-install install-serve install-triton-client install-dev lint bench dataset train clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,19 +28,40 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[serve]'
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[serve,train,bench,dev]'
+$(VENV)/.triton-client-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve,triton]'
 	touch $@ $(VENV)/.serve-installed
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[serve,triton,train,bench,dev]'
+	touch $@ $(VENV)/.serve-installed $(VENV)/.triton-client-installed
+
+# tritonserver 2.51 + the Python backend (PyPI wheel), and what the Python-backend models import:
+# ONNX Runtime, Pillow, and this project (no deps: its numpy>=2 pin does not apply to the stub's env).
+$(TRITON_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/pip install --quiet 'nvidia-pytriton==0.7.0' 'onnxruntime>=1.20' 'pillow>=10.0'
+	$(TRITON_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
 
 install-serve: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed
+install-triton-client: $(VENV)/.triton-client-installed
+triton-install: $(TRITON_VENV)/.installed
 
 serve: install-serve
 	$(BIN)/uvicorn serving.app:app --host $(HOST) --port $(PORT)
 
-test: install-dev
+test: install-dev triton-install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Ctrl-C stops it cleanly (tritonserver unloads the models, then exits).
+triton: install-triton-client triton-install
+	$(BIN)/python -m export.triton_server --model-repository $(TRITON_REPOSITORY) \
+		--config-name '$(TRITON_CONFIG)' --host $(TRITON_HOST) --venv $(TRITON_VENV) \
+		--http-port $(TRITON_HTTP_PORT) --grpc-port $(TRITON_GRPC_PORT) --metrics-port $(TRITON_METRICS_PORT)
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -45,4 +76,4 @@ train: install-dev
 	$(BIN)/python training/train.py --config training/configs/default.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) $(TRITON_VENV) .triton .pytest_cache .ruff_cache runs

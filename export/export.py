@@ -5,8 +5,11 @@
 
 Writes ``<repository>/<name>/<version>/`` (model.onnx, model.pt, model.pt2, metadata.json) through a
 staging folder that is renamed into place only after the parity check passed, then
-``<name>/config.pbtxt`` and ``<name>/configs/gpu.pbtxt``. An existing version is never overwritten
-unless ``--force`` is given. See docs/EXPORT.md.
+the Triton family of the version (export/triton_repository.py): ``<name>/config.pbtxt`` and
+``configs/{gpu,cpu,torchscript}.pbtxt``, ``<name>/<version>/model.py`` (the CPU config's Python model),
+``<name>_preprocess/<version>``, ``<name>_postprocess/<version>`` and the ``<name>_image`` ensemble
+pinned to this version. An existing version is never overwritten unless ``--force`` is given. See
+docs/EXPORT.md and docs/TRITON.md.
 """
 
 from __future__ import annotations
@@ -43,7 +46,13 @@ from export.onnx_export import (
 )
 from export.parity import ParityError, ParityReport, check_parity, load_parity_images
 from export.torchscript_export import export_program, export_torchscript
-from export.triton_config import DEFAULT_MAX_BATCH_SIZE, validate_model_name, write_triton_configs
+from export.triton_config import (
+    DEFAULT_EXECUTION_ENV,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_QUEUE_DELAY_US,
+    validate_model_name,
+)
+from export.triton_repository import write_family_configs, write_scorer_model, write_step_versions
 from training.gate.identity import weights_sha256
 from training.utils import load_checkpoint, model_from_checkpoint
 
@@ -95,6 +104,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     out.add_argument("--force", action="store_true", help="replace an existing version folder")
     out.add_argument(
         "--max-batch-size", type=_positive_int, default=DEFAULT_MAX_BATCH_SIZE, help="Triton max_batch_size"
+    )
+    out.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=DEFAULT_QUEUE_DELAY_US,
+        help="Triton dynamic batching max_queue_delay_microseconds of the scorer (docs/TRITON.md)",
+    )
+    out.add_argument(
+        "--execution-env",
+        default=DEFAULT_EXECUTION_ENV,
+        help="EXECUTION_ENV_PATH of the Triton Python-backend models (default: the checkout's .venv-triton)",
     )
     chk = parser.add_argument_group("graph and checks")
     chk.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
@@ -177,6 +197,8 @@ def export_version(args: argparse.Namespace) -> ExportResult:
         onnx_info = export_onnx(model, staging / ONNX_FILE, opset=args.opset)
         export_torchscript(model, staging / TORCHSCRIPT_FILE)
         program_path = _export_program_if_possible(model, staging / PROGRAM_FILE)
+        # <version>/model.py: the CPU config's Python model, inside the version from the start
+        write_scorer_model(staging)
         report = check_parity(model, staging / ONNX_FILE, staging / TORCHSCRIPT_FILE, images, program_path)
         names = [ONNX_FILE, TORCHSCRIPT_FILE] + ([PROGRAM_FILE] if program_path else [])
         artifacts = artifact_digests(staging, names)
@@ -205,8 +227,15 @@ def export_version(args: argparse.Namespace) -> ExportResult:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    configs = write_triton_configs(
-        model_dir, crop_size=model.preprocess_cfg.crop_size, max_batch_size=args.max_batch_size
+    write_step_versions(model_dir.parent, args.name, version, model.preprocess_cfg)
+    configs = write_family_configs(
+        model_dir.parent,
+        args.name,
+        version=version,
+        cfg=model.preprocess_cfg,
+        max_batch_size=args.max_batch_size,
+        queue_delay_us=args.queue_delay_us,
+        env_path=args.execution_env,
     )
     return ExportResult(
         version_dir=version_dir,

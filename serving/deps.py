@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from serving.errors import NotReady
+from serving.errors import BackendDown, NotReady
 from serving.pipeline import Scorer
 from serving.settings import Settings, get_settings
 
@@ -34,6 +34,8 @@ async def get_model_state(request: Request) -> ModelState:
 
 
 async def get_scorer(state: Annotated[ModelState, Depends(get_model_state)]) -> Scorer:
+    if state.status == "ready" and state.scorer is not None and not state.scorer.backend.ready():
+        raise BackendDown("the inference backend is unavailable")  # e.g. Triton down; it may come back
     if not state.ready() or state.scorer is None:
         message = (
             "model failed to load; see the server log" if state.status == "failed" else "model is loading"

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     model_repository: Path = Path("model_repository")
     model_name: str = Field("iqa", min_length=1)
     model_version: str = Field("latest", pattern=r"^(latest|[0-9]+)$")
-    backend: str = "onnxruntime"
+    backend: str = "onnxruntime"  # or "triton" (serving/backends/__init__.py)
 
     # Network.
     host: str = "127.0.0.1"
@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     # ONNX Runtime. 0 threads = ONNX Runtime's default (one per physical core).
     ort_intra_op_threads: int = Field(0, ge=0)
     ort_use_cuda: bool = False
+
+    # Triton (IQA_BACKEND=triton): gRPC address, model name (default: IQA_MODEL_NAME), per-inference
+    # deadline, readiness poll period, and how long start-up waits for the model to be ready.
+    triton_url: str = "127.0.0.1:8001"
+    triton_model_name: str | None = None
+    triton_timeout_s: float = Field(10.0, gt=0)
+    triton_poll_s: float = Field(0.5, gt=0)
+    triton_load_timeout_s: float = Field(120.0, ge=0)
 
 
 @lru_cache

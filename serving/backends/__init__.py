@@ -28,7 +28,20 @@ def _onnxruntime(model: ModelVersion, settings: Settings) -> Backend:
     )
 
 
-BACKENDS: dict[str, BackendFactory] = {"onnxruntime": _onnxruntime}
+def _triton(model: ModelVersion, settings: Settings) -> Backend:
+    from serving.backends.triton_backend import TritonBackend
+
+    return TritonBackend(
+        settings.triton_url,
+        model.info,
+        model_name=settings.triton_model_name or model.name,
+        timeout_s=settings.triton_timeout_s,
+        poll_s=settings.triton_poll_s,
+        load_timeout_s=settings.triton_load_timeout_s,
+    )
+
+
+BACKENDS: dict[str, BackendFactory] = {"onnxruntime": _onnxruntime, "triton": _triton}
 
 
 def create_backend(model: ModelVersion, settings: Settings) -> Backend:
