@@ -35,7 +35,9 @@ def server() -> Iterator[TritonServer]:
 
 def _score(url: str, data: bytes, timeout: float = 15.0) -> tuple[int, dict, float]:
     started = time.monotonic()
-    response = httpx.post(f"{url}/score", content=data, headers={"Content-Type": "image/jpeg"}, timeout=timeout)
+    response = httpx.post(
+        f"{url}/score", content=data, headers={"Content-Type": "image/jpeg"}, timeout=timeout
+    )
     return response.status_code, response.json(), time.monotonic() - started
 
 
@@ -88,7 +90,10 @@ def test_gateway_on_triton_survives_a_triton_crash(server: TritonServer) -> None
         assert after and all(s == 503 for s, _, _ in after), [s for s, _, _ in after]
         for status, body, seconds in outcomes:
             if status == 503:
-                assert body["error"]["code"] in ("backend_unavailable", "not_ready") and seconds < 1.5, (body, seconds)
+                assert body["error"]["code"] in ("backend_unavailable", "not_ready") and seconds < 1.5, (
+                    body,
+                    seconds,
+                )
         assert httpx.get(f"{gateway.url}/readyz").status_code == 503
         status, body, seconds = _score(gateway.url, photos["chelsea.png"])
         assert (status, body["error"]["code"]) == (503, "backend_unavailable") and seconds < 1.0
