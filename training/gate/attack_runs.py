@@ -2,8 +2,10 @@
 
 ``run_section(name, entry, ctx)`` builds the section's attack from the registry, gives a transfer
 attack (``needs_surrogate``) the surrogate, lets the attack ``prepare`` itself (the UAP fits or loads
-its perturbation), attacks every image in batches and returns the section's result: per-image scores,
-SSIM / PSNR / ℓ∞, ``training.gate.metrics.attack_metrics`` and the time. An attack that raises is an
+its perturbation), hands it the section's images as one set of batches (``attack_set``: a set-level
+attack, ``on_set``, such as the ranking attack, plans over the whole set; the others attack batch by
+batch) and returns the section's result: per-image scores, SSIM / PSNR / ℓ∞,
+``training.gate.metrics.attack_metrics``, ``set_level`` and the time. An attack that raises is an
 "error" result (a gate failure), not a crash of the whole report; a transfer attack without a
 surrogate is "not run". ``run_sweep(ctx)`` is the I-FGSM intensity sweep (Fig. 6) over ε × steps.
 
@@ -15,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from training.gate.attacks import Attack, FitImages, attack_class, create_attack, run_attack
+from training.gate.attacks import Attack, FitImages, attack_class, create_attack, measure_attack
 from training.gate.data import EvalData
 from training.gate.identity import config_sha256
 from training.gate.metrics import attack_metrics
@@ -55,18 +59,32 @@ class EvalContext:
 
 
 def _attack_data(attack: Attack, ctx: EvalContext, data: EvalData, desc: str) -> dict[str, np.ndarray]:
-    """Per-image clean / adversarial scores and SSIM / PSNR / ℓ∞ of ``attack`` on ``data``."""
+    """Per-image clean / adversarial scores and SSIM / PSNR / ℓ∞ of ``attack`` on ``data``. The attack
+    gets the whole set as batches (``attack_set``), so a set-level attack plans over all of ``data``."""
     cols = {k: np.empty(len(data)) for k in ("clean", "adv", "ssim", "psnr", "linf")}
+    groups: list[list[int]] = []
+
+    def inputs() -> Iterator[torch.Tensor]:  # lazily, so only a set-level attack holds every batch
+        for positions, x in data.batches(ctx.batch_size):
+            groups.append(positions)
+            yield x
+
     total = -(-len(data) // ctx.batch_size)
-    for positions, x in tqdm(
-        data.batches(ctx.batch_size), total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=2.0
+    adversarial = attack.attack_set(ctx.scorer, inputs())
+    answered = 0
+    for k, x_adv in enumerate(
+        tqdm(adversarial, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=2.0)
     ):
-        res = run_attack(attack, ctx.scorer, x)
+        positions = groups[k]  # the k-th result answers the k-th batch, which has been drawn by now
+        answered += len(positions)
+        res = measure_attack(ctx.scorer, torch.stack([data.images[i] for i in positions]), x_adv)
         for key, values in (
             ("clean", res.clean_scores), ("adv", res.adv_scores), ("ssim", res.ssim),
             ("psnr", res.psnr), ("linf", res.linf),
         ):
             cols[key][positions] = values.numpy()
+    if answered != len(data):
+        raise RuntimeError(f"{type(attack).__name__}.attack_set answered {answered} of {len(data)} images")
     return cols
 
 
@@ -132,6 +150,7 @@ def _run_entry(name: str, entry: dict[str, Any], ctx: EvalContext) -> dict[str, 
     return {
         "status": "ok", "attack": kind, "required": bool(entry.get("required", True)),
         "params": entry.get("params") or {}, "repr": repr(attack), "n_images": len(data),
+        "set_level": attack.on_set,
         "metrics": metrics, "quality": _quality(cols), "seconds": seconds,
         "per_image": {"mos": data.mos.tolist(), **{k: v.tolist() for k, v in cols.items()}},
         **extra,

@@ -30,6 +30,7 @@ from training.gate.tables import (
     grad_norm_table,
     markdown_table,
     r_table,
+    ranking_table,
     sweep_table,
 )
 from training.utils import file_sha256
@@ -117,6 +118,7 @@ def render_markdown(
     for table_title, metric in ATTACK_TABLES:
         parts += [f"## {table_title}", "", attack_table(single, metric), ""]
     parts += ["## Table S10. R robustness↑ (Eq. S12, β1 = 100, β2 = 0)", "", r_table(single), ""]
+    parts += _ranking_section(single, "##")
     parts += ["## Attacks: parameters and visibility", "", details_table(report), ""]
     if report.get("grad_norm", {}).get("status") == "ok":
         parts += ["## Gradient norms (Fig. 4)", "", grad_norm_table(single), ""]
@@ -136,6 +138,7 @@ def comparison_tables(reports: Reports) -> str:
     for table_title, metric in ATTACK_TABLES:
         parts += [f"### {table_title}", "", attack_table(reports, metric), ""]
     parts += ["### Table S10. R robustness↑", "", r_table(reports), ""]
+    parts += _ranking_section(reports, "###")
     parts += ["### Gradient norms", "", grad_norm_table(reports), ""]
     parts += _fd_check_section(reports, "####")
     return "\n".join(parts)
@@ -146,6 +149,15 @@ FD_CHECK_NOTE = (
     "h → 0 only while f is linear along the step. A ratio well below 1 at the training step h means "
     "the model bends within that step, so the regulariser penalises the secant slope, not the gradient."
 )
+
+
+def _ranking_section(reports: Reports, level: str) -> list[str]:
+    table = ranking_table(reports)
+    if table is None:
+        return []
+    note = ("A set-level attack perturbs every image of the set toward target scores planned jointly to "
+            "scramble the order of the set (an advertiser lifting its images above the others).")
+    return [f"{level} Ranking under set-level attacks (SROCC before vs after)", "", note, "", table, ""]
 
 
 def _fd_check_section(reports: Reports, level: str) -> list[str]:

@@ -27,6 +27,7 @@ __all__ = [
     "grad_norm_table",
     "markdown_table",
     "r_table",
+    "ranking_table",
     "sweep_table",
 ]
 
@@ -124,6 +125,32 @@ def r_table(reports: Reports) -> str:
         ["Attack", f"R↑ ({head})", f"mean abs Δscore↓ ({head})", f"RMSE before/after ÷ score std↓ ({head})"],
         rows,
     )
+
+
+def ranking_table(reports: Reports) -> str | None:
+    """Set-level attacks (``set_level``, e.g. the ranking attack): how far the order of the set moved,
+    SROCC / KROCC between the scores before and after, the before/after RMSE and SROCC with MOS before
+    and after; None when no report has a set-level attack."""
+    names = [
+        n for n in attack_names(reports)
+        if any((r.get("attacks", {}).get(n) or {}).get("set_level") for r in reports.values())
+    ]
+    if not names:
+        return None
+    rows = [
+        [name, _attack_cell(reports, name, "n_images", 0),
+         _attack_cell(reports, name, "metrics.clean_vs_adv.srocc"),
+         _attack_cell(reports, name, "metrics.clean_vs_adv.krocc"),
+         _attack_cell(reports, name, "metrics.clean_vs_adv.rmse"),
+         _attack_cell(reports, name, "metrics.mos_vs_clean.srocc"),
+         _attack_cell(reports, name, "metrics.mos_vs_adv.srocc")]
+        for name in names
+    ]
+    head = _header(reports)
+    header = ["Attack", "images in the set", f"SROCC(before, after)↑ ({head})",
+              f"KROCC(before, after)↑ ({head})", f"RMSE(before, after)↓ ({head})",
+              f"SROCC(MOS, before) ({head})", f"SROCC(MOS, after)↑ ({head})"]
+    return markdown_table(header, rows)
 
 
 def details_table(report: Mapping[str, Any]) -> str:

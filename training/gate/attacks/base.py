@@ -10,19 +10,23 @@ Every attack is called as ``attack(model, x) -> x_adv``:
 * A real attacker must deliver an image file, so after the attack's own ``perturb`` the result is
   quantized to 8 bits (``quantize_in_ball``) such that ``‖x_adv − x‖∞ ≤ ε`` and ``x_adv ∈ [0, 1]``
   still hold exactly; see that function for the rounding rule.
-* Attacks maximize an objective of the raw model output ``model(x)`` (``forward``, not the clamped
-  ``score``: the clamp would zero the gradient outside the score range).
+* Gradient attacks maximize an objective of the raw model output ``model(x)`` (``forward``, not the
+  clamped ``score``: the clamp would zero the gradient outside the score range). A query-only attack
+  (Square) sees only what is served: ``served_scores``, the clamped score.
 
 What the gate must know about an attack lives on its class, not in name lists elsewhere:
 ``needs_surrogate`` (a transfer attack: the gate passes ``surrogate=`` and does not run it without
-one) and ``prepare(FitImages)`` (work before the first call, e.g. fitting a UAP; a no-op by default).
+one), ``prepare(FitImages)`` (work before the first call, e.g. fitting a UAP; a no-op by default) and
+``on_set`` with ``attack_set(model, batches)``: the gate hands every attack the whole set of images it
+runs on as a sequence of batches (sizes may differ between batches). By default each batch is attacked
+on its own; a set-level attack (``on_set = True``, the ranking attack) plans over the whole set first.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +45,7 @@ __all__ = [
     "quantize_in_ball",
     "score_midpoint",
     "seeded_generator",
+    "served_scores",
     "sign_ascent",
     "validate_images",
 ]
@@ -103,6 +108,14 @@ def quantize_in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None) ->
     return q.clamp(0.0, 255.0) / 255.0
 
 
+def served_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the gateway serves for ``x`` as a flat (N,) tensor: ``model.score`` (the clamped score) when
+    the model has one, else its raw output. A score-only (query) attacker sees exactly this."""
+    fn = getattr(model, "score", None)
+    out = fn(x) if callable(fn) else model(x)
+    return out.reshape(x.shape[0])
+
+
 def seeded_generator(seed: int | None) -> torch.Generator:
     """A CPU generator seeded with ``seed``, or from the OS when ``seed`` is None (non-reproducible)."""
     gen = torch.Generator()
@@ -158,10 +171,12 @@ class Attack(ABC):
     (None: no ℓ∞ budget, only [0, 1], e.g. the perceptual attack).
 
     A transfer attack sets ``needs_surrogate = True`` and takes a ``surrogate`` constructor argument;
-    an attack that must be fitted before use overrides ``prepare``."""
+    an attack that must be fitted before use overrides ``prepare``; an attack whose perturbation of one
+    image depends on the other images of the set sets ``on_set = True`` and overrides ``attack_set``."""
 
     name: ClassVar[str] = ""
     needs_surrogate: ClassVar[bool] = False
+    on_set: ClassVar[bool] = False
 
     def __init__(self, eps: float | None) -> None:
         if eps is not None and not (0.0 < eps <= 1.0 and math.isfinite(eps)):
@@ -174,11 +189,25 @@ class Attack(ABC):
         ``x`` on its device."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.deliver(model, x, self.perturb)
+
+    def deliver(
+        self, model: nn.Module, x: torch.Tensor, perturb: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Validate ``x``, move it to the model's device, run ``perturb(model, x)`` in eval mode and
+        deliver the result on the 8-bit grid inside the ε-ball (what ``__call__`` does with
+        ``self.perturb``; a set-level attack passes a perturbation bound to its plan)."""
         validate_images(x)
         x = x.detach().to(model_device(model), torch.float32)
         with eval_mode(model):
-            x_adv = self.perturb(model, x)
+            x_adv = perturb(model, x)
         return quantize_in_ball(x_adv.detach(), x, self.eps)
+
+    def attack_set(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Adversarial batches for a set of images given as batches (yielded in order, lazily). The
+        default attacks each batch on its own; a set-level attack (``on_set``) overrides this."""
+        for x in batches:
+            yield self(model, x)
 
     def prepare(self, fit: FitImages) -> dict[str, Any]:
         """Called by the gate once before the attack runs; returns facts for the report (default:

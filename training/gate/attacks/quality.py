@@ -1,4 +1,5 @@
-"""How visible an adversarial example is, and ``run_attack``: attack + scores + quality in one call.
+"""How visible an adversarial example is, and ``run_attack``: attack + scores + quality in one call
+(``measure_attack`` is the scores + quality part for adversarial images made elsewhere).
 
 ``adversarial_quality(x, x_adv)`` gives per-sample
 * ``ssim``: SSIM (piq, data_range = 1, 11×11 Gaussian window, per-channel average, piq's automatic
@@ -18,7 +19,7 @@ from torch import nn
 from training.gate.attacks.base import Attack, validate_images
 from training.gate.tensors import eval_mode, model_device
 
-__all__ = ["AttackResult", "adversarial_quality", "run_attack", "score_images"]
+__all__ = ["AttackResult", "adversarial_quality", "measure_attack", "run_attack", "score_images"]
 
 
 def adversarial_quality(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -72,15 +73,12 @@ class AttackResult:
         }
 
 
-def run_attack(
-    attack: Attack, model: nn.Module, x: torch.Tensor, batch_size: int | None = None
+def measure_attack(
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, batch_size: int | None = None
 ) -> AttackResult:
-    """Attack ``x`` (N×3×H×W in [0, 1]) in chunks of ``batch_size`` (None: one batch) and report
-    clean / adversarial served scores and the quality of the adversarial images."""
-    validate_images(x)
-    chunks = torch.split(x, batch_size) if batch_size else (x,)
-    x_adv = torch.cat([attack(model, c).cpu() for c in chunks])
+    """Clean / adversarial served scores of ``x`` and ``x_adv`` and the quality of ``x_adv``."""
     x_cpu = x.detach().float().cpu()
+    x_adv = x_adv.detach().float().cpu()
     quality = adversarial_quality(x_cpu, x_adv)
     return AttackResult(
         x_adv=x_adv,
@@ -90,3 +88,15 @@ def run_attack(
         psnr=quality["psnr"].cpu(),
         linf=quality["linf"].cpu(),
     )
+
+
+def run_attack(
+    attack: Attack, model: nn.Module, x: torch.Tensor, batch_size: int | None = None
+) -> AttackResult:
+    """Attack ``x`` (N×3×H×W in [0, 1]) in chunks of ``batch_size`` (None: one batch) and report
+    clean / adversarial served scores and the quality of the adversarial images. The chunks go to
+    ``attack.attack_set`` together, so a set-level attack still plans over all of ``x``."""
+    validate_images(x)
+    chunks = torch.split(x, batch_size) if batch_size else (x,)
+    x_adv = torch.cat([c.cpu() for c in attack.attack_set(model, chunks)])
+    return measure_attack(model, x, x_adv, batch_size)

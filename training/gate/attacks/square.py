@@ -1,10 +1,12 @@
 """Square attack (Andriushchenko et al., ECCV 2020), ℓ∞ version, adapted to IQA regression.
 
-Threat model (black-box, score-only): the attacker only queries the served model output (no
-gradients, every query under ``torch.no_grad``); ℓ∞ ball of radius ε = 4/255 around x, [0, 1], 8-bit
+Threat model (black-box, score-only): the attacker only queries the served score, ``model.score``
+(clamped to the score range, as the gateway returns it; ``served_scores``), never the raw output, with
+no gradients (every query under ``torch.no_grad``); ℓ∞ ball of radius ε = 4/255 around x, [0, 1], 8-bit
 delivery; a budget of ``n_queries`` model evaluations per image (default 200), counting the query for
 the clean score and the one for the initial point. Objective (maximized): L_mid (Eq. S20) by default,
-or MAE / MSE, with y the clean prediction.
+or MAE / MSE, with y the clean served score. A candidate is kept only if the objective of its *served*
+score strictly improves, so where the clamp saturates (raw output beyond the range) no step is taken.
 
 Random search: start from vertical stripes (each column and channel gets ±ε); then each iteration
 picks, per image, a random s×s window and sets it to a fresh ±ε per channel; the candidate is kept
@@ -21,9 +23,8 @@ import torch
 from torch import nn
 
 from training.gate.attacks._registry import register_attack
-from training.gate.attacks.base import Attack, score_midpoint, seeded_generator
+from training.gate.attacks.base import Attack, score_midpoint, seeded_generator, served_scores
 from training.gate.attacks.objectives import check_objective, make_objective
-from training.gate.tensors import predict
 
 __all__ = ["SquareAttack", "square_fraction"]
 
@@ -87,10 +88,10 @@ class SquareAttack(Attack):
         n, c, h, w = x.shape
         gen = seeded_generator(self.seed)
         objective = make_objective(self.objective, score_midpoint(model))
-        y = predict(model, x)
+        y = served_scores(model, x)
 
         delta = eps * self._signs((n, c, 1, w), gen, x.device).expand(n, c, h, w).clone()
-        best = objective(predict(model, (x + delta).clamp(0.0, 1.0)), y)
+        best = objective(served_scores(model, (x + delta).clamp(0.0, 1.0)), y)
         rows = torch.arange(h, device=x.device).view(1, h)
         cols = torch.arange(w, device=x.device).view(1, w)
         n_iters = self.n_queries - 2
@@ -112,7 +113,7 @@ class SquareAttack(Attack):
                 flip = unchanged.view(n, 1) & hit
                 values = torch.where(flip.view(n, c, 1, 1), -values, values)
                 candidate = torch.where(window, values.expand(n, c, h, w), delta)
-            loss = objective(predict(model, (x + candidate).clamp(0.0, 1.0)), y)
+            loss = objective(served_scores(model, (x + candidate).clamp(0.0, 1.0)), y)
             better = loss > best
             delta = torch.where(better.view(n, 1, 1, 1), candidate, delta)
             best = torch.where(better, loss, best)
