@@ -43,9 +43,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BATCH_SIZE = 32
-# Measured on the CPU config (docs/TRITON.md): 2 ms lets concurrent crops of 5-crop requests share a
-# session run without adding visible latency at concurrency 1.
-DEFAULT_QUEUE_DELAY_US = 2000
+# Measured on the CPU config (docs/TRITON.md, "Queue delay"): 0 to 5000 us made no difference to
+# throughput or p50 there (a request costs ~85 ms of compute, so requests queue and batch anyway);
+# 1 ms bounds the latency an idle GPU instance adds at low load. Re-measure on the GPU.
+DEFAULT_QUEUE_DELAY_US = 1000
 # The scorer and its pre/postprocess steps keep the newest two versions loaded (the current one and
 # the one to roll back to); the ensemble pins one of them explicitly (export/triton_ensemble.py).
 VERSION_POLICY = "{ latest: { num_versions: 2 } }"

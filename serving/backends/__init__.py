@@ -29,7 +29,12 @@ def _onnxruntime(model: ModelVersion, settings: Settings) -> Backend:
 
 
 def _triton(model: ModelVersion, settings: Settings) -> Backend:
-    from serving.backends.triton_backend import TritonBackend
+    try:
+        from serving.backends.triton_backend import TritonBackend
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"IQA_BACKEND=triton needs tritonclient ({exc}): pip install -e '.[serve,triton]'"
+        ) from None
 
     return TritonBackend(
         settings.triton_url,
