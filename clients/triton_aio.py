@@ -14,6 +14,7 @@ re-sent image by image, so only the bad files carry an error.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -44,6 +45,7 @@ from clients.triton_common import (
 __all__ = ["AsyncTritonIQAClient"]
 
 T = TypeVar("T")
+_ONE_OF = re.compile(r"^image \d+ of \d+: ")  # the server's position prefix, moot for a one-image request
 
 
 class AsyncTritonIQAClient:
@@ -172,7 +174,8 @@ class AsyncTritonIQAClient:
             scores = await self.score_request([data for _, data in part])
         except (BadImage, DeadlineExceeded) as exc:
             if len(part) == 1 or isinstance(exc, DeadlineExceeded):
-                return [ScoreResult(key, error=str(exc)) for key, _ in part]
+                message = _ONE_OF.sub("", str(exc)) if len(part) == 1 else str(exc)
+                return [ScoreResult(key, error=message) for key, _ in part]
             singles = await asyncio.gather(*(self._score_part([item]) for item in part))
             return [result for single in singles for result in single]
         return [ScoreResult(key, score=float(s)) for (key, _), s in zip(part, scores, strict=True)]
