@@ -1,5 +1,6 @@
 """The evaluation engine and its CLIs: the served-score scorer, evaluate.py's report (JSON, tables,
-plots, hash in the checkpoint), --compare, and replicate.py end to end on a tiny budget."""
+plots, hash in the checkpoint), gating a model-repository version (its TorchScript / torch.export
+artifact) like its checkpoint, --compare, and replicate.py end to end on a tiny budget."""
 
 from __future__ import annotations
 
@@ -13,10 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.gate_fixtures import REPO_ROOT, ci_manifest, tiny_checkpoint, write_gate_config
+from tests.gate_fixtures import (
+    CALM,
+    REPO_ROOT,
+    ci_manifest,
+    shipped_thresholds,
+    tiny_checkpoint,
+    write_gate_config,
+)
 from tests.iqa_fixtures import small_trained_model, synthetic_images
 from training import evaluate, replicate
 from training.gate.scoring import CropScorer
+from training.gate.tables import fmt
+from training.gate.verdict import ATTACK_THRESHOLDS
 from training.preprocessing import PreprocessConfig, eval_crops
 from training.utils import load_checkpoint
 
@@ -30,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("evaluate")
-    tiny_checkpoint(folder / "model.pt", seed=0)
+    tiny_checkpoint(folder / "model.pt", seed=0, spread=CALM)  # calm enough for the shipped thresholds
     tiny_checkpoint(folder / "surrogate" / "best.pt", seed=1)
     write_gate_config(folder / "gate.yaml")
     return folder
@@ -114,10 +124,16 @@ def test_evaluate_writes_report_tables_and_plots(evaluated: tuple[int, str, Path
     assert "gate: PASSED" in stdout
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["attacks"]) == {"fgsm", "pgd_2", "perceptual", "uap", "korhonen", "square"}
+    judged = 0
+    for row in report["gate"]["rows"]:  # passed on the shipped thresholds of every section
+        key = next(k for k, v in ATTACK_THRESHOLDS.items() if v[0] == f"metrics.{row['metric']}")
+        assert row["threshold"] == shipped_thresholds(row["section"])[key] and row["passed"], row
+        judged += 1
+    assert judged == 3 * 6 - 1  # RMSE, R and strength per attack; the perceptual attack has no R row
     for name, entry in report["attacks"].items():
         assert entry["status"] == "ok", (name, entry.get("reason"))
         metrics = entry["metrics"]
-        assert {"mos_vs_adv", "clean_vs_adv", "r", "mean_abs_delta"} <= set(metrics)
+        assert {"mos_vs_adv", "clean_vs_adv", "r", "r_floor_hits", "mean_abs_delta"} <= set(metrics)
         assert {"ssim_mean", "ssim_min", "psnr_mean", "psnr_min", "linf_max"} <= set(entry["quality"])
         assert entry["seconds"] >= 0
         assert len(entry["per_image"]["adv"]) == entry["n_images"]
@@ -154,6 +170,115 @@ def test_uap_is_cached_next_to_the_surrogate(work: Path, evaluated: tuple[int, s
     uap = json.loads((report_dir / "report.json").read_text())["attacks"]["uap"]
     cache = Path(uap["uap_cache"])
     assert cache.parent == (work / "surrogate").resolve() and cache.is_file()
+
+
+# ------------------------------------------------------------ gating a model-repository version
+
+
+@pytest.fixture(scope="module")
+def repository(work: Path, evaluated: tuple[int, str, Path]) -> Path:
+    """work/model.pt, gated by ``evaluated``, exported by export/export.py as <repository>/iqa/1."""
+    from export.export import main as export_main
+
+    repo = work / "model_repository"
+    argv = ["--checkpoint", str(work / "model.pt"), "--model-repository", str(repo), "--name", "iqa",
+            "--version", "1"]
+    assert export_main(argv) == 0
+    return repo
+
+
+def _evaluate(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = evaluate.cli(list(argv))
+    return code, out.getvalue()
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_model_repository_version_is_gated_like_its_checkpoint(
+    work: Path, evaluated: tuple[int, str, Path], repository: Path, tmp_path: Path
+) -> None:
+    """evaluate.py --model-repository attacks the version's torch.export artifact through autograd
+    and measures what the checkpoint's gate measured: the same weights, the same per-image scores
+    before and after every attack (to float tolerance), the same verdict, on the same thresholds.
+    The version folder is not written to."""
+    from training.gate.identity import weights_sha256
+    from training.utils import model_from_checkpoint
+
+    version = repository / "iqa" / "1"
+    before = _digests(version)
+    code, out = _evaluate(
+        "--model-repository", str(repository), "--name", "iqa", "--version", "1", "--report",
+        str(tmp_path / "v1"), "--gate", "--gate-config", str(work / "gate.yaml"), "--surrogate",
+        str(work / "surrogate" / "best.pt"), "--device", "cpu",
+    )
+    assert code == 0 and "gate: PASSED" in out, out
+    assert _digests(version) == before
+    report = json.loads((tmp_path / "v1" / "report.json").read_text())
+    reference = json.loads((evaluated[2] / "report.json").read_text())
+    meta = report["meta"]
+    assert meta["artifact"]["kind"] == "program" and meta["artifact"]["path"] == str(version / "model.pt2")
+    assert meta["weights_sha256"] == weights_sha256(model_from_checkpoint(work / "model.pt"))
+    assert meta["weights_sha256"] == reference["meta"]["weights_sha256"]
+    assert meta["paths"] == reference["meta"]["paths"] and meta["manifest"] == str(ci_manifest())
+    np.testing.assert_allclose(report["clean"]["scores"], reference["clean"]["scores"], atol=1e-3)
+    for name, entry in reference["attacks"].items():
+        got = report["attacks"][name]
+        assert got["status"] == "ok", (name, got.get("reason"))
+        for key in ("clean", "adv"):
+            expected = entry["per_image"][key]
+            np.testing.assert_allclose(got["per_image"][key], expected, atol=1e-2, err_msg=name)
+    assert [r["passed"] for r in report["gate"]["rows"]] == [r["passed"] for r in reference["gate"]["rows"]]
+    assert "model_repository" in (tmp_path / "v1" / "report.md").read_text()
+    # Same weights, but measured through another artifact: the checkpoint's report is not reused for it.
+    from training.gate.config import load_gate_config
+    from training.gate.repository import load_version
+    from training.gate.run import load_surrogate, reusable_report
+
+    exported, cfg = load_version(version), load_gate_config(work / "gate.yaml")
+    surrogate = load_surrogate(work / "surrogate" / "best.pt", torch.device("cpu"))
+    assert reusable_report(tmp_path / "v1", exported, cfg, meta["paths"], surrogate) is not None
+    assert reusable_report(evaluated[2], exported, cfg, meta["paths"], surrogate) is None
+    checkpoint_model = model_from_checkpoint(work / "model.pt")
+    assert reusable_report(evaluated[2], checkpoint_model, cfg, meta["paths"], surrogate) is not None
+
+
+def test_the_torchscript_artifact_a_failing_gate_and_a_version_as_surrogate(
+    work: Path, repository: Path, tmp_path: Path
+) -> None:
+    version = repository / "iqa" / "1"
+    common = ["--model-repository", str(repository), "--name", "iqa", "--gate-config",
+              str(work / "gate.yaml"), "--device", "cpu", "--gate"]
+    code, out = _evaluate(*common, "--artifact", "torchscript", "--attacks", "fgsm", "--report",
+                          str(tmp_path / "ts"), "attacks.fgsm.thresholds.rmse_clean_vs_adv_max=0")
+    assert code == 1 and "FAIL fgsm clean_vs_adv.rmse" in out, out
+    report = json.loads((tmp_path / "ts" / "report.json").read_text())
+    assert report["meta"]["artifact"]["kind"] == "torchscript"
+    # metadata.json's verdict (given to the checkpoint) names the weights this artifact holds
+    assert report["meta"]["recorded_gate"] == {"passed": True, "same_weights": True}
+    code, out = _evaluate(*common, "--attacks", "uap", "--surrogate", str(version), "--report",
+                          str(tmp_path / "sur"))
+    report = json.loads((tmp_path / "sur" / "report.json").read_text())
+    assert report["attacks"]["uap"]["status"] == "ok", report["attacks"]["uap"].get("reason")
+    assert report["meta"]["surrogate_weights_sha256"] == report["meta"]["weights_sha256"]
+    assert _evaluate(*common[:-1], "--report", str(tmp_path / "x"), "--version", "7")[0] == 2
+    assert _evaluate(*common)[0] == 2  # no --report: a version folder is never written to
+
+
+def test_an_artifact_that_differs_from_its_metadata_is_refused(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repository, copy)
+    with open(copy / "iqa" / "1" / "model.pt2", "ab") as f:
+        f.write(b"tampered")
+    code = evaluate.cli(["--model-repository", str(copy), "--report", str(tmp_path / "r")])
+    assert code == 2 and "does not match the sha256 its metadata.json records" in capsys.readouterr().err
 
 
 def test_compare_overlays_two_reports(work: Path, evaluated: tuple[int, str, Path]) -> None:
@@ -236,7 +361,17 @@ def test_replicate_end_to_end_on_a_tiny_budget(work: Path, tmp_path: Path) -> No
     md = results.read_text()
     for title in PAPER_TABLES:
         assert title in md
-    assert "## Targets" in md and "19.17 → 7.88" in md and "baseline / NT" in md
+    # The targets table carries this run's FGSM before/after RMSE of both models, recomputed here from
+    # their per-image scores (not a constant of the paper that the code prints back).
+    fgsm = []
+    for run in ("baseline", "nt"):
+        report = json.loads((tmp_path / "runs" / "eval" / run / "report.json").read_text())
+        per_image = report["attacks"]["fgsm"]["per_image"]
+        clean, adv = np.asarray(per_image["clean"]), np.asarray(per_image["adv"])
+        fgsm.append(float(np.sqrt(np.mean((adv - clean) ** 2))))
+    reduction = 100 * (fgsm[0] - fgsm[1]) / fgsm[0]
+    row = f"| FGSM before/after RMSE reduction | {fmt(fgsm[0])} | {fmt(fgsm[1])} | {fmt(reduction, 1)}% |"
+    assert "## Targets" in md and row in md and "baseline / NT" in md
     assert "Ablation: λ at h = 0.01" in md and "Ablation: h at λ" in md and "reduced budget" in md
     assert "Ablation: the exact form (Eq. 5)" in md
     figures = results.parent / "results"

@@ -1,5 +1,6 @@
-"""IQA metrics against hand-computed values, the R robustness (incl. an argument-swap trap) and the
-exact vs finite-difference gradient norms."""
+"""IQA metrics against hand-computed values (and the recorded fallback of a failed logistic fit), the R
+robustness (its orientation checked at the production call site, its zero-change floor counted) and
+the exact vs finite-difference gradient norms."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ import torch
 from torch import nn
 
 from tests.iqa_fixtures import degraded_test_set, small_trained_model
+from training.gate.attacks import Attack
 from training.gate.grad_norms import grad_norm_fd, grad_norm_l1, grad_norm_report
-from training.gate.metrics import attack_metrics, r_robustness, relative_rmse
-from training.metrics import fit_logistic_4param, iqa_metrics, krocc, logistic_4param, plcc, rmse, srocc
+from training.gate.metrics import attack_metrics, r_floor_hits, r_robustness, relative_rmse
+from training.metrics import (
+    fit_logistic_4param,
+    iqa_metrics,
+    krocc,
+    logistic_4param,
+    plcc,
+    plcc_logistic,
+    rmse,
+    srocc,
+)
+from training.preprocessing import PreprocessConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,6 +63,27 @@ def test_plcc_after_logistic_fit() -> None:
     assert (b1, b2, b3, abs(b4)) == pytest.approx((90.0, 10.0, 0.5, 1.5), rel=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy / numpy overflow inside the failing fit
+def test_a_failed_logistic_fit_is_recorded_not_silent() -> None:
+    """Finite predictions whose spread overflows the fit's initialisation (std of 1e160-sized values)
+    make the 4-parameter fit raise: PLCC falls back to raw Pearson and says so."""
+    pred = np.array([1.0, 2.0, 3.0, 5.0, 4.0, 6.0]) * 1e160
+    target = np.array([10.0, 20.0, 35.0, 40.0, 50.0, 60.0])
+    with pytest.raises(ValueError):
+        fit_logistic_4param(pred, target)
+    raw = plcc(pred / 1e160, target)
+    assert plcc_logistic(pred, target) == (pytest.approx(raw), True)
+    assert plcc(pred, target, fit_logistic=True) == pytest.approx(raw)
+    out = iqa_metrics(pred, target, fit_logistic=True)
+    assert out["plcc_logistic_failed"] is True and out["plcc"] == pytest.approx(raw)
+    nan = iqa_metrics([1.0, 2.0, float("nan"), 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0], fit_logistic=True)
+    assert nan["plcc_logistic_failed"] is True
+    good = iqa_metrics(np.linspace(-5, 5, 25), logistic_4param(np.linspace(-5, 5, 25), 90, 10, 0.5, 1.5),
+                       fit_logistic=True)
+    assert good["plcc_logistic_failed"] is False and good["plcc"] == pytest.approx(1.0, abs=1e-6)
+    assert "plcc_logistic_failed" not in iqa_metrics(pred, target)  # no fit, nothing to record
+
+
 def test_iqa_metrics_keys_and_length_check() -> None:
     out = iqa_metrics([1, 2, 3, 4], [1, 3, 2, 4])
     assert set(out) == {"rmse", "srocc", "plcc", "krocc"}
@@ -73,15 +106,76 @@ def test_r_robustness_hand_value() -> None:
     assert pytest.approx(1.4286662, abs=1e-6) == R_HAND
 
 
-def _r_swapped(clean: list[float], adv: list[float]) -> float:
-    """The peer bug: the adversarial score in the numerator."""
-    return r_robustness(adv, clean)
+class _Mean(nn.Module):
+    """f(crop) = 100 · mean(crop): scores on [0, 100] that the test can compute by hand."""
+
+    preprocess_cfg = PreprocessConfig(short_side=32, max_long_side=32, crop_size=32, num_eval_crops=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 100.0 * x.flatten(1).mean(1)
 
 
-def test_r_robustness_argument_swap_is_caught() -> None:
-    # Swapped: max(70, 30)/10 → log10 7 and max(11, 89)/1 → log10 89: 1.3969..., not 1.4287...
-    assert _r_swapped(CLEAN, ADV) == pytest.approx((math.log10(7) + math.log10(89)) / 2)
-    assert _r_swapped(CLEAN, ADV) != pytest.approx(R_HAND, abs=1e-3)
+class _Shift(Attack):
+    """Moves a dark image up by 26 levels and a bright one down by 3: known, unequal score changes."""
+
+    name = "shift-for-tests"
+
+    def __init__(self, **_: object) -> None:
+        super().__init__(None)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x < 0.5, x + 26 / 255, x - 3 / 255)
+
+
+def test_an_attack_section_computes_r_with_the_clean_score_in_the_numerator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The production call site (attack_runs → attack_metrics → r_robustness), not a helper: a section
+    run on a model with known clean / attacked scores gives Eq. S12 with f(x) (clean) in the
+    numerator, and the relative RMSE in units of the *clean* spread. Swapping the clean and attacked
+    scores anywhere on that path changes both."""
+    import training.gate.attack_runs as attack_runs
+    from training.gate.data import EvalData
+    from training.gate.evaluation import evaluate_model
+
+    monkeypatch.setattr(attack_runs, "create_attack", lambda kind, **params: _Shift())
+    images = [torch.full((3, 32, 32), 51 / 255), torch.full((3, 32, 32), 230 / 255)]
+    data = EvalData(images, np.array([25.0, 85.0]), ["dark.png", "bright.png"])
+    cfg = {
+        "num_images": 2, "batch_size": 2, "scoring": {"attack_crops": 1},
+        "grad_norm": {"enabled": False}, "sweep": {"enabled": False},
+        "attacks": {"shift": {"attack": "fgsm", "params": {}}},
+    }
+    entry = evaluate_model(_Mean(), data, cfg)["attacks"]["shift"]
+    assert entry["status"] == "ok", entry.get("reason")
+    clean, adv = [20.0, 100 * 230 / 255], [100 * 77 / 255, 100 * 227 / 255]
+    np.testing.assert_allclose(entry["per_image"]["clean"], clean, rtol=1e-5)
+    np.testing.assert_allclose(entry["per_image"]["adv"], adv, rtol=1e-5)
+    # Eq. S12: (log10(max(100 − 20, 20) / |20 − 30.2|) + log10(max(9.8, 90.2) / |90.2 − 89.0|)) / 2
+    right = (math.log10(80 / (adv[0] - 20)) + math.log10(clean[1] / (clean[1] - adv[1]))) / 2
+    swapped = (math.log10((100 - adv[0]) / (adv[0] - 20)) + math.log10(adv[1] / (clean[1] - adv[1]))) / 2
+    metrics = entry["metrics"]
+    assert metrics["r"] == pytest.approx(right, rel=1e-5)
+    assert abs(right - swapped) > 0.01 and metrics["r"] != pytest.approx(swapped, rel=1e-3)
+    rmse_before_after = math.sqrt(((adv[0] - clean[0]) ** 2 + (adv[1] - clean[1]) ** 2) / 2)
+    assert metrics["rel_rmse"] == pytest.approx(rmse_before_after / np.std(clean), rel=1e-5)
+    assert metrics["mos_vs_adv"]["rmse"] == pytest.approx(rmse(adv, [25.0, 85.0]), rel=1e-5)
+    assert metrics["mos_vs_clean"]["rmse"] == pytest.approx(rmse(clean, [25.0, 85.0]), rel=1e-5)
+
+
+def test_images_on_r_s_zero_change_floor_are_counted() -> None:
+    """An unmoved image adds log10(room / 1e-4) ≈ 5-6 to R: one of four lifts a mean of ~1 by ~1.3,
+    so attack_metrics reports how many images sat on the floor."""
+    clean, adv = [20.0, 50.0, 70.0, 90.0], [30.0, 50.0, 60.0, 80.0]  # the second image did not move
+    assert r_floor_hits(clean, adv) == 1
+    assert r_floor_hits(clean, [30.0, 50.00005, 60.0, 80.0]) == 1  # below 1e-4 counts too
+    assert r_floor_hits(clean, [30.0, 50.001, 60.0, 80.0]) == 0
+    moved = [20.0, 70.0, 90.0], [30.0, 60.0, 80.0]
+    lift = r_robustness(clean, adv) - r_robustness(*moved) * 3 / 4
+    assert lift == pytest.approx(math.log10(50 / 1e-4) / 4)
+    out = attack_metrics([10.0, 40.0, 60.0, 90.0], clean, adv)
+    assert out["r_floor_hits"] == 1
+    assert attack_metrics([10.0, 40.0], [20.0, 50.0], [20.0, 50.0])["r_floor_hits"] == 2
 
 
 def test_r_robustness_zero_change_floor_and_monotonicity() -> None:

@@ -1,7 +1,9 @@
 """IQA accuracy metrics of predictions against targets (NT paper supplement S7, Eq. S8-S11; Zhang et al.).
 
 ``rmse``, ``srocc`` (Spearman), ``krocc`` (Kendall τ-b), ``plcc`` (Pearson, optionally after the
-four-parameter logistic map of Zhang et al. Eq. 5) and ``iqa_metrics`` (all four). Training validates
+four-parameter logistic map of Zhang et al. Eq. 5) and ``iqa_metrics`` (all four). A logistic fit that
+fails falls back to raw Pearson, and says so: ``plcc_logistic`` returns the flag with the value and
+``iqa_metrics(..., fit_logistic=True)`` records it as ``plcc_logistic_failed``. Training validates
 with them (``training.engine``) and the acceptance gate builds its robustness metrics on them
 (``training.gate.metrics``). Inputs are arrays, tensors or sequences of scores; nothing here touches a
 model.
@@ -24,6 +26,7 @@ __all__ = [
     "logistic_4param",
     "paired",
     "plcc",
+    "plcc_logistic",
     "rmse",
     "srocc",
 ]
@@ -85,24 +88,37 @@ def fit_logistic_4param(pred: ArrayLike, target: ArrayLike) -> tuple[float, floa
     return b1, b2, b3, b4
 
 
+def plcc_logistic(pred: ArrayLike, target: ArrayLike) -> tuple[float, bool]:
+    """PLCC after mapping the predictions by the fitted four-parameter logistic (Eq. 5 of Zhang et al.),
+    and whether that fit *failed*: ``(value, True)`` means the fit raised (it did not converge, or the
+    predictions are non-finite or too large to initialise it) and ``value`` is the raw Pearson."""
+    p, t = paired(pred, target)
+    try:
+        mapped = logistic_4param(p, *fit_logistic_4param(p, t))
+    except (RuntimeError, ValueError) as exc:
+        log.warning("4-parameter logistic fit failed (%s); PLCC on raw predictions", exc)
+        return float(stats.pearsonr(p, t)[0]), True
+    return float(stats.pearsonr(mapped, t)[0]), False
+
+
 def plcc(pred: ArrayLike, target: ArrayLike, fit_logistic: bool = False) -> float:
     """Eq. S11: Pearson linear correlation; with ``fit_logistic`` the predictions are first mapped by
-    the fitted four-parameter logistic (Eq. 5 of Zhang et al.). If that fit does not converge the raw
-    predictions are used (logged)."""
-    p, t = paired(pred, target)
+    the fitted four-parameter logistic (Eq. 5 of Zhang et al.). If that fit fails the raw predictions
+    are used (logged; ``plcc_logistic`` also returns the flag)."""
     if fit_logistic:
-        try:
-            p = logistic_4param(p, *fit_logistic_4param(p, t))
-        except (RuntimeError, ValueError) as exc:
-            log.warning("4-parameter logistic fit failed (%s); PLCC on raw predictions", exc)
+        return plcc_logistic(pred, target)[0]
+    p, t = paired(pred, target)
     return float(stats.pearsonr(p, t)[0])
 
 
 def iqa_metrics(pred: ArrayLike, target: ArrayLike, fit_logistic: bool = False) -> dict[str, float]:
-    """RMSE, SROCC, PLCC and KROCC of ``pred`` against ``target``."""
-    return {
-        "rmse": rmse(pred, target),
-        "srocc": srocc(pred, target),
-        "plcc": plcc(pred, target, fit_logistic=fit_logistic),
-        "krocc": krocc(pred, target),
-    }
+    """RMSE, SROCC, PLCC and KROCC of ``pred`` against ``target``. With ``fit_logistic`` PLCC is taken
+    after the fitted logistic and ``plcc_logistic_failed`` records whether that fit failed (then PLCC
+    is the raw Pearson)."""
+    out: dict[str, float] = {"rmse": rmse(pred, target), "srocc": srocc(pred, target)}
+    if fit_logistic:
+        out["plcc"], out["plcc_logistic_failed"] = plcc_logistic(pred, target)
+    else:
+        out["plcc"] = plcc(pred, target)
+    out["krocc"] = krocc(pred, target)
+    return out

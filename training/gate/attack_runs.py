@@ -2,10 +2,11 @@
 
 ``run_section(name, entry, ctx)`` builds the section's attack from the registry, gives a transfer
 attack (``needs_surrogate``) the surrogate, lets the attack ``prepare`` itself (the UAP fits or loads
-its perturbation), hands it the section's images as one set of batches (``attack_set``: a set-level
-attack, ``on_set``, such as the ranking attack, plans over the whole set; the others attack batch by
-batch) and returns the section's result: per-image scores, SSIM / PSNR / ℓ∞,
-``training.gate.metrics.attack_metrics``, ``set_level`` and the time. An attack that raises is an
+its perturbation on images of another split than the evaluated one, ``fit_split``), hands it the
+section's images as one set of batches (``attack_set``: a set-level attack, ``on_set``, such as the
+ranking attack, plans over the whole set; the others attack batch by batch) and returns the
+section's result: per-image scores, SSIM / PSNR / ℓ∞, ``training.gate.metrics.attack_metrics``,
+``set_level`` and the time. An attack that raises is an
 "error" result (a gate failure), not a crash of the whole report; a transfer attack without a
 surrogate is "not run". ``run_sweep(ctx)`` is the I-FGSM intensity sweep (Fig. 6) over ε × steps.
 
@@ -27,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from training.gate.attacks import Attack, FitImages, attack_class, create_attack, measure_attack
-from training.gate.data import EvalData
+from training.gate.data import EvalData, fit_data
 from training.gate.identity import config_sha256
 from training.gate.metrics import attack_metrics
 from training.gate.scoring import CropScorer
@@ -88,20 +89,27 @@ def _attack_data(attack: Attack, ctx: EvalContext, data: EvalData, desc: str) ->
     return cols
 
 
-def _fit_images(entry: dict[str, Any], ctx: EvalContext) -> FitImages:
-    """The first ``fit_images`` images for an attack that fits itself, keyed for its cache."""
-    fit = ctx.data.head(entry.get("fit_images"))
+def _prepare(attack: Attack, entry: dict[str, Any], ctx: EvalContext) -> dict[str, Any]:
+    """Let an attack that fits itself (one that overrides ``prepare``: the UAP) fit on ``fit_images``
+    images of the section's ``fit_split`` (default val), never on evaluated ones (``fit_data``); the
+    cache key names the surrogate, parameters, crops and those images. Returns the facts for the
+    report, with the fitting set under ``fit``."""
+    if type(attack).prepare is Attack.prepare:
+        return {}
+    fit = fit_data(ctx.data, str(entry.get("fit_split", "val")), entry.get("fit_images"),
+                   int(ctx.cfg.get("seed", 0)))
     key = {
         "surrogate": ctx.surrogate_id,
         "params": entry.get("params") or {},
         "crops": ctx.scorer.preprocess_cfg.to_dict(),
         "images": fit.paths,
     }
-    return FitImages(
-        batches=lambda batch_size: [x for _, x in fit.batches(batch_size)],
+    facts = attack.prepare(FitImages(
+        batches=lambda batch_size: [x for _, x in fit.load().batches(batch_size)],
         cache_key=config_sha256(key)[:16],
         cache_dir=ctx.cache_dir,
-    )
+    ))
+    return {**facts, "fit": {"split": fit.split, "n_images": len(fit.paths), "paths": fit.paths}}
 
 
 def not_run(name: str, entry: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -134,7 +142,7 @@ def _run_entry(name: str, entry: dict[str, Any], ctx: EvalContext) -> dict[str, 
     data = ctx.data.head(entry.get("max_images"))
     start = time.perf_counter()
     attack = create_attack(kind, **params)
-    extra = attack.prepare(_fit_images(entry, ctx))
+    extra = _prepare(attack, entry, ctx)
     cols = _attack_data(attack, ctx, data, desc=name)
     score_range = ctx.scorer.preprocess_cfg
     metrics = attack_metrics(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.config import set_dotted
-from training.gate.attacks import is_attack
+from training.gate.attacks import Attack, attack_class, is_attack
 from training.gate.verdict import ATTACK_THRESHOLDS, CLEAN_THRESHOLDS, GRAD_NORM_THRESHOLDS
 from training.utils import load_yaml_config, parse_overrides
 
@@ -33,7 +33,10 @@ _SECTION_KEYS = {
     "grad_norm": {"enabled", "max_images", "h", "check_h", "median_max"},
     "sweep": {"enabled", "max_images", "eps", "iters"},
 }
-_ATTACK_KEYS = {"attack", "params", "thresholds", "required", "enabled", "max_images", "fit_images"}
+_ATTACK_KEYS = {
+    "attack", "params", "thresholds", "required", "enabled", "max_images", "fit_images", "fit_split",
+}
+_FIT_SPLITS = ("train", "val")  # an attack fits itself on these, never on the evaluated split
 _GRAD_NORM_SETTINGS = {"enabled", "max_images", "h", "check_h"}
 
 
@@ -60,7 +63,22 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if not is_attack(str(entry.get("attack", ""))):
             kind = entry.get("attack")
             raise ValueError(f"gate config: attack {name!r}: {kind!r} is not a registered attack")
+        _check_fit_split(name, entry, str(cfg.get("split", "test")))
     return cfg
+
+
+def _check_fit_split(name: str, entry: Mapping[str, Any], split: str) -> None:
+    """A fitted attack (one that overrides ``prepare``: the UAP) fits on train or val images
+    (``fit_split``, default val), never on the split it is evaluated on."""
+    if attack_class(str(entry["attack"])).prepare is Attack.prepare and "fit_split" not in entry:
+        return
+    fit_split = entry.get("fit_split", "val")
+    if fit_split == split:
+        raise ValueError(f"gate config: attack {name!r} would be fitted on the evaluated split "
+                         f"{split!r}; set its fit_split to another split")
+    if fit_split not in _FIT_SPLITS:
+        raise ValueError(f"gate config: attack {name!r}: fit_split must be one of {_FIT_SPLITS}, "
+                         f"got {fit_split!r}")
 
 
 def _check_threshold_names(cfg: Mapping[str, Any]) -> None:

@@ -9,7 +9,8 @@ sections are run by ``training.gate.attack_runs``; this module measures the rest
     {"meta": {...}, "clean": {"served": metrics, "attack_scorer": metrics},
      "attacks": {name: {"status": "ok" | "not run" | "error", "metrics": attack_metrics(...),
                         "quality": {...}, "per_image": {...}, "seconds": s, ...}},
-     "grad_norm": grad_norm_report(...), "sweep": {"rows": [...]}, "seconds": {...}}
+     "grad_norm": grad_norm_report(...), "sweep": {"rows": [...]}, "seconds": {...},
+     "plcc_logistic": {"fitted", "failed", "where"}}
 
 (``evaluate_model(model, data, cfg, surrogate=...)``). The gate config is validated by
 ``training.gate.config``; thresholds are the verdict's business (``training.gate.verdict``).
@@ -32,12 +33,12 @@ from training.gate.config import select_attacks, validate_config
 from training.gate.data import EvalData
 from training.gate.grad_norms import grad_norm_report
 from training.gate.identity import config_sha256, measurement_sha256, weights_sha256
-from training.gate.metrics import relative_rmse
+from training.gate.metrics import r_floor_hits, relative_rmse
 from training.gate.scoring import CropScorer
 from training.gate.tensors import eval_mode, model_device
 from training.metrics import iqa_metrics
 
-__all__ = ["add_derived_metrics", "evaluate_model"]
+__all__ = ["add_derived_metrics", "evaluate_model", "plcc_logistic_summary"]
 
 
 def _scores(scorer: CropScorer, data: EvalData, batch_size: int) -> np.ndarray:
@@ -85,18 +86,40 @@ def _clean(ctx: EvalContext) -> dict[str, Any]:
     return clean
 
 
+def plcc_logistic_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Where the 4-parameter logistic fit behind PLCC failed and raw Pearson was used instead:
+    ``{"fitted": fit_logistic, "failed": count, "where": ["clean.served", "fgsm.mos_vs_adv", ...]}``."""
+    where = []
+    clean = report.get("clean") or {}
+    for key in ("served", "attack_scorer"):
+        if (clean.get(key) or {}).get("plcc_logistic_failed"):
+            where.append(f"clean.{key}")
+    for name, entry in (report.get("attacks") or {}).items():
+        for pair, values in (entry.get("metrics") or {}).items():
+            if isinstance(values, dict) and values.get("plcc_logistic_failed"):
+                where.append(f"{name}.{pair}")
+    fitted = bool(((report.get("meta") or {}).get("config") or {}).get("fit_logistic", False))
+    return {"fitted": fitted, "failed": len(where), "where": where}
+
+
 def add_derived_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """Fill in metrics that are functions of the stored per-image scores (the clean score spread, the
-    relative RMSE of each attack) where a report measured by an older version lacks them; in place."""
+    relative RMSE of each attack, the images on R's floor) and of the stored metrics (where the PLCC
+    logistic fit failed) where a report measured by an older version lacks them; in place."""
     served = report.get("clean", {}).get("served")
     scores = report.get("clean", {}).get("scores")
     if isinstance(served, dict) and scores and "score_std" not in served:
         served["score_std"] = float(np.std(np.asarray(scores, dtype=np.float64)))
     for entry in (report.get("attacks") or {}).values():
         per_image, metrics = entry.get("per_image"), entry.get("metrics")
-        missing = isinstance(metrics, dict) and "rel_rmse" not in metrics
-        if entry.get("status") == "ok" and per_image and missing:
+        if entry.get("status") != "ok" or not per_image or not isinstance(metrics, dict):
+            continue
+        if "rel_rmse" not in metrics:
             metrics["rel_rmse"] = relative_rmse(per_image["clean"], per_image["adv"])
+        if "r_floor_hits" not in metrics:
+            metrics["r_floor_hits"] = r_floor_hits(per_image["clean"], per_image["adv"])
+    if "plcc_logistic" not in report:
+        report["plcc_logistic"] = plcc_logistic_summary(report)
     return report
 
 
@@ -170,5 +193,7 @@ def evaluate_model(
         "config": cfg,
         "config_sha256": config_sha256(cfg),
         "measurement_sha256": measurement_sha256(cfg),
+        "artifact": getattr(model, "artifact_info", None),
     }
+    report["plcc_logistic"] = plcc_logistic_summary(report)
     return report

@@ -45,9 +45,13 @@ def measurement_sha256(cfg: dict[str, Any]) -> str:
 
 def weights_sha256(model: nn.Module) -> str:
     """SHA-256 over the state dict (names and bytes, sorted): identifies the weights that were gated,
-    independent of the checkpoint file (which the gate verdict itself rewrites)."""
+    independent of the checkpoint file (which the gate verdict itself rewrites). A model that wraps an
+    exported artifact (``training.gate.repository.ExportedModel``) gives its ``weights_state()``, the
+    weights under the checkpoint's names, so a version hashes like the checkpoint it came from."""
+    weights_state = getattr(model, "weights_state", None)
+    state = weights_state() if callable(weights_state) else model.state_dict()
     h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
+    for key, value in sorted(state.items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

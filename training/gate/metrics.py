@@ -2,8 +2,9 @@
 
 ``attack_metrics(mos, clean, adv)`` evaluates every accuracy metric of ``training.metrics`` twice, MOS
 vs after-attack scores (``mos_vs_adv``) and before vs after (``clean_vs_adv``), plus the R robustness
-of Eq. S12 (``r_robustness``), the mean |Δscore| and the scale-free ``relative_rmse``. Inputs are score
-arrays; the gradient norms of the models live in ``training.gate.grad_norms``.
+of Eq. S12 (``r_robustness``), how many images sit on R's zero-change floor (``r_floor_hits``), the
+mean |Δscore| and the scale-free ``relative_rmse``. Inputs are score arrays; the gradient norms of the
+models live in ``training.gate.grad_norms``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import numpy as np
 
 from training.metrics import ArrayLike, iqa_metrics, paired
 
-__all__ = ["R_MIN_CHANGE", "attack_metrics", "r_robustness", "relative_rmse"]
+__all__ = ["R_MIN_CHANGE", "attack_metrics", "r_floor_hits", "r_robustness", "relative_rmse"]
 
 # |f(x) − f(x')| is floored at this value in R so that an image the attack did not move (Δ = 0,
-# common after 8-bit quantization) contributes a large but finite term: log10(100 / 1e-4) = 6.
+# common after 8-bit quantization) contributes a large but finite term: up to log10(100 / 1e-4) = 6,
+# against a mean of about 1 over moved images. ``r_floor_hits`` counts such images for the report.
 R_MIN_CHANGE = 1e-4
 
 
@@ -45,6 +47,13 @@ def r_robustness(
     return float(np.mean(np.log10(allowed / change)))
 
 
+def r_floor_hits(clean: ArrayLike, adv: ArrayLike, min_change: float = R_MIN_CHANGE) -> int:
+    """How many images the attack moved by less than ``min_change`` (R's floor): each adds a term of
+    up to log10(range / min_change) = 6 to R, so a few of them can carry a mean of about 1."""
+    f, f_adv = paired(clean, adv)
+    return int(np.count_nonzero(np.abs(f - f_adv) < min_change))
+
+
 def attack_metrics(
     mos: ArrayLike,
     clean: ArrayLike,
@@ -56,7 +65,8 @@ def attack_metrics(
     """Robustness of a model under one attack.
 
     Returns ``{"mos_vs_clean": {...}, "mos_vs_adv": {...}, "clean_vs_adv": {...}, "r": R,
-    "mean_abs_delta": mean |f(x') − f(x)|}`` where each inner dict is ``iqa_metrics``. Metrics that
+    "r_floor_hits": images at R's floor, "mean_abs_delta": mean |f(x') − f(x)|, "rel_rmse": ...}``
+    where each inner dict is ``iqa_metrics``. Metrics that
     are undefined (e.g. SROCC when all scores are equal) are NaN.
     """
     mos_a, clean_a = paired(mos, clean)
@@ -66,6 +76,7 @@ def attack_metrics(
         "mos_vs_adv": iqa_metrics(adv_a, mos_a, fit_logistic),
         "clean_vs_adv": iqa_metrics(adv_a, clean_a, fit_logistic),
         "r": r_robustness(clean_a, adv_a, beta1, beta2),
+        "r_floor_hits": r_floor_hits(clean_a, adv_a),
         "mean_abs_delta": float(np.mean(np.abs(adv_a - clean_a))),
         "rel_rmse": relative_rmse(clean_a, adv_a),
     }

@@ -99,6 +99,7 @@ def render_markdown(
         ("weights sha256", meta.get("weights_sha256")), ("manifest", meta.get("manifest")),
         ("split", meta.get("split")), ("images", meta.get("n_images")),
         ("crops: served / attacked", f"{meta.get('served_crops')} / {meta.get('attack_crops')}"),
+        ("artifact", (meta.get("artifact") or {}).get("path")),
         ("surrogate", meta.get("surrogate_checkpoint")), ("device", meta.get("device")),
         ("gate config sha256", meta.get("config_sha256")),
         ("total seconds", fmt(report.get("seconds", {}).get("total"), 1)),
@@ -115,9 +116,11 @@ def render_markdown(
             f"SROCC is {fmt(attack_clean['srocc'])}, PLCC {fmt(attack_clean['plcc'])}, RMSE "
             f"{fmt(attack_clean['rmse'])}. Before/after columns compare that scorer with itself.", "",
         ]
+    parts += _plcc_note(report)
     for table_title, metric in ATTACK_TABLES:
         parts += [f"## {table_title}", "", attack_table(single, metric), ""]
-    parts += ["## Table S10. R robustness↑ (Eq. S12, β1 = 100, β2 = 0)", "", r_table(single), ""]
+    parts += ["## Table S10. R robustness↑ (Eq. S12, β1 = 100, β2 = 0)", "", r_table(single), "",
+              R_FLOOR_NOTE, ""]
     parts += _ranking_section(single, "##")
     parts += ["## Attacks: parameters and visibility", "", details_table(report), ""]
     if report.get("grad_norm", {}).get("status") == "ok":
@@ -142,6 +145,23 @@ def comparison_tables(reports: Reports) -> str:
     parts += ["### Gradient norms", "", grad_norm_table(reports), ""]
     parts += _fd_check_section(reports, "####")
     return "\n".join(parts)
+
+
+R_FLOOR_NOTE = (
+    "R floors |Δscore| at 1e-4: an image the attack did not move adds up to log10(100 / 1e-4) = 6 to "
+    "the mean, against about 1 for a moved one, so an R carried by images on the floor says little."
+)
+
+
+def _plcc_note(report: Mapping[str, Any]) -> list[str]:
+    """Whether PLCC was taken after the 4-parameter logistic, and where that fit failed (raw Pearson)."""
+    summary = report.get("plcc_logistic") or {}
+    if not summary.get("fitted"):
+        return []
+    where = summary.get("where") or []
+    failed = (f"**the fit failed for {len(where)} PLCC value(s), which are raw Pearson**: "
+              + ", ".join(f"`{w}`" for w in where)) if where else "the fit converged everywhere"
+    return [f"PLCC is taken after the 4-parameter logistic (Zhang et al. Eq. 5); {failed}.", ""]
 
 
 FD_CHECK_NOTE = (

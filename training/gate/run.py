@@ -33,6 +33,7 @@ from training.gate.data import EvalData, load_eval_data
 from training.gate.evaluation import add_derived_metrics, evaluate_model
 from training.gate.identity import config_sha256, measurement_sha256, weights_sha256
 from training.gate.report import load_report, write_report
+from training.gate.repository import ARTIFACTS, is_version_dir, load_version
 from training.gate.tensors import model_device
 from training.gate.verdict import check_report, failure_reason, format_row
 from training.utils import load_checkpoint, model_from_checkpoint
@@ -49,10 +50,19 @@ def nt_step(ckpt: Mapping[str, Any] | None, default: float = 0.01) -> float:
 
 
 def load_surrogate(path: str | Path | None, device: torch.device) -> nn.Module | None:
-    """The surrogate model of the transfer attacks, or None (with a loud warning) if there is none."""
-    if not path or not Path(path).is_file():
+    """The surrogate model of the transfer attacks, or None (with a loud warning) if there is none.
+    ``path`` is a checkpoint, or a model-repository version folder (or its model.pt / model.pt2),
+    loaded with ``training.gate.repository.load_version``."""
+    path = Path(path) if path else None
+    if path is not None and path.name in ARTIFACTS.values() and is_version_dir(path.parent):
+        kind = next(k for k, f in ARTIFACTS.items() if f == path.name)
+        return load_version(path.parent, kind).to(device).eval()
+    if path is not None and is_version_dir(path):
+        return load_version(path).to(device).eval()
+    if path is None or not path.is_file():
         log.warning(
-            "!!! no surrogate checkpoint (%s): the transfer attacks (%s) will NOT RUN",
+            "!!! no surrogate checkpoint or model-repository version (%s): the transfer attacks (%s) "
+            "will NOT RUN",
             path or "unset",
             ", ".join(n for n in list_attacks() if attack_class(n).needs_surrogate),
         )
@@ -69,6 +79,12 @@ def _cache_dir(surrogate_path: str | Path | None, report_dir: Path) -> Path:
     return report_dir
 
 
+def _artifact_id(info: Mapping[str, Any] | None) -> tuple[Any, Any] | None:
+    """What identifies an exported artifact for reuse: its kind and bytes (not the path it was read from);
+    None for a checkpoint's eager model."""
+    return (info.get("kind"), info.get("sha256")) if info else None
+
+
 def reusable_report(
     report_dir: str | Path,
     model: nn.Module,
@@ -77,7 +93,8 @@ def reusable_report(
     surrogate: nn.Module | None,
 ) -> dict[str, Any] | None:
     """``report_dir/report.json`` if it measured ``model``'s weights on the images at ``paths`` with
-    ``surrogate`` under the measurement settings of ``cfg``; None when there is none or it differs."""
+    ``surrogate`` under the measurement settings of ``cfg``, through the same artifact (a checkpoint's
+    eager model, or one exported file: ``meta.artifact``); None when there is none or it differs."""
     path = Path(report_dir) / "report.json"
     if not path.is_file():
         return None
@@ -89,6 +106,7 @@ def reusable_report(
         and meta.get("measurement_sha256") == measurement_sha256(cfg)
         and meta.get("surrogate_weights_sha256") == surrogate_sha
         and meta.get("paths") == list(paths)
+        and _artifact_id(meta.get("artifact")) == _artifact_id(getattr(model, "artifact_info", None))
     )
     return report if same else None
 
@@ -183,7 +201,7 @@ def gate_checkpoint(
         dataset = ManifestDataset(
             manifest, cfg.get("split", "test"), model.preprocess_cfg, train=False, cache=False
         )
-    data = load_eval_data(dataset, cfg["num_images"], int(cfg.get("seed", 0)))
+    data = load_eval_data(dataset, cfg["num_images"], int(cfg.get("seed", 0)), manifest=manifest)
     surrogate_path = surrogate_path or cfg.get("surrogate_checkpoint")
     surrogate = load_surrogate(surrogate_path, model_device(model))
     meta = checkpoint_meta(ckpt, manifest, cfg.get("split", "test"))

@@ -112,17 +112,21 @@ def attack_table(reports: Reports, metric: str) -> str:
 
 
 def r_table(reports: Reports) -> str:
-    """Table S10: R robustness (Eq. S12), the mean |Δscore|, and the before/after RMSE relative to the
-    clean score spread (blind to a model that merely compresses its output range)."""
+    """Table S10: R robustness (Eq. S12), how many images sit on R's zero-change floor (each adds up
+    to 6 to the mean), the mean |Δscore|, and the before/after RMSE relative to the clean score spread
+    (blind to a model that merely compresses its output range)."""
     rows = [
         [name, _attack_cell(reports, name, "metrics.r"),
+         _attack_cell(reports, name, "metrics.r_floor_hits", 0),
+         _attack_cell(reports, name, "n_images", 0),
          _attack_cell(reports, name, "metrics.mean_abs_delta"),
          _attack_cell(reports, name, "metrics.rel_rmse")]
         for name in attack_names(reports)
     ]
     head = _header(reports)
     return markdown_table(
-        ["Attack", f"R↑ ({head})", f"mean abs Δscore↓ ({head})", f"RMSE before/after ÷ score std↓ ({head})"],
+        ["Attack", f"R↑ ({head})", f"images on R's floor, abs Δ < 1e-4 ({head})", f"images ({head})",
+         f"mean abs Δscore↓ ({head})", f"RMSE before/after ÷ score std↓ ({head})"],
         rows,
     )
 

@@ -49,7 +49,7 @@ class Evaluator:
             ds = ManifestDataset(
                 manifest, self.cfg.get("split", "test"), model.preprocess_cfg, train=False, cache=False
             )
-            self._data[key] = load_eval_data(ds, num_images, int(self.cfg.get("seed", 0)))
+            self._data[key] = load_eval_data(ds, num_images, int(self.cfg.get("seed", 0)), manifest=manifest)
         return self._data[key]
 
     def __call__(
