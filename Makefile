@@ -18,7 +18,8 @@ TRITON_METRICS_PORT ?= 8002
 TRITON_CONFIG ?= cpu
 TRITON_REPOSITORY ?= model_repository
 
-.PHONY: serve test triton triton-install install-serve install-triton-client install-dev lint bench dataset train clean
+.PHONY: serve test triton triton-install install-serve install-triton-client install-dev lint bench dataset train clean \
+	mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,15 @@ triton: install-triton-client triton-install
 
 lint: install-dev
 	$(BIN)/ruff check .
+
+# Mutation testing of the gate's attacks, NT, the metrics and the verdict (docs/MUTATION.md; not in CI):
+# mutmut mutates a mutants/ copy ([tool.mutmut] in pyproject.toml), one test process, niced, then the
+# kill rate per module against tests/mutation/equivalent_mutants.yaml (exit 1 below 90% or on an open
+# survivor). MUTANTS='training.nt.* training.metrics.*' narrows the run to some mutant names.
+MUTANTS ?=
+mutation: install-dev
+	nice -n 19 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run --max-children 1 $(MUTANTS)
+	$(BIN)/python tests/mutation/kill_rate.py
 
 bench: install-dev
 	$(BIN)/python bench/nt_overhead.py

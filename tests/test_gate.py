@@ -643,3 +643,87 @@ def test_report_counts_images_on_r_s_floor_and_failed_logistic_fits(
     assert "images on R's floor" in md and re.search(r"\| noop \| [56]\.\d{3} \| 8 \| 8 \|", md)
     assert "the fit failed for 8 PLCC value(s), which are raw Pearson" in md and "`noop.mos_vs_adv`" in md
     assert json.loads((tmp_path / "report.json").read_text())["plcc_logistic"]["failed"] == 8
+
+
+# --- mutation testing (make mutation, docs/MUTATION.md) -------------------------------------------
+
+
+def test_verify_gate_stale_reasons_name_both_weights() -> None:
+    """The stale reason names the judged weights and these weights by their first 12 hex digits, or
+    says that the verdict recorded no weights hash."""
+    passed = {"gate": {"passed": True, "weights_sha256": "a" * 64, "report_sha256": "c" * 64}}
+    assert verify_gate(passed, "a" * 64) == (True, f"passed (report sha256 {'c' * 12})")
+    ok, reason = verify_gate(passed, "b" * 64)
+    assert not ok
+    assert reason == (
+        f"stale: the gate verdict was given to other weights (weights {'a' * 12}; these are "
+        f"{'b' * 12}); re-run training/evaluate.py --gate on this checkpoint"
+    )
+    ok, reason = verify_gate({"gate": {"passed": True}}, "b" * 64)
+    assert not ok
+    assert reason.startswith("stale: the gate verdict was given to other weights (a verdict with no weights")
+    assert f"no weights hash; these are {'b' * 12})" in reason
+
+
+def test_verify_gate_reasons_without_failing_rows() -> None:
+    """A failed verdict without rows gives its recorded reason, or says that none was recorded; a
+    passed one without a report hash still passes (no weights hash asked for)."""
+    assert verify_gate({"gate": {"passed": False, "reason": "boom"}}) == (False, "failed: boom")
+    assert verify_gate({"gate": {"passed": False}}) == (False, "failed: no failing rows recorded")
+    assert verify_gate({"gate": {"passed": True}}) == (True, "passed (report sha256 )")
+
+
+def test_a_value_on_its_threshold_passes_and_a_missing_or_boolean_one_fails() -> None:
+    """Thresholds are inclusive (rmse 5.0 ≤ 5.0 and srocc 0.9 ≥ 0.9 pass); a metric absent from the
+    report (None) or a boolean where a number belongs cannot pass."""
+    verdict = check_report(_report(), _cfg(rmse_clean_vs_adv_max=5.0, srocc_clean_vs_adv_min=0.9))
+    assert verdict["passed"], verdict["failures"]
+    assert not check_report(_report(), _cfg(rmse_clean_vs_adv_max=4.999))["passed"]
+    assert not check_report(_report(), _cfg(srocc_clean_vs_adv_min=0.901))["passed"]
+    report = _report()
+    del report["attacks"]["fgsm"]["metrics"]["r"]
+    [row] = check_report(report, _cfg(r_min=0.5))["failures"]
+    assert (row["metric"], row["value"], row["passed"]) == ("r", None, False)
+    report["attacks"]["fgsm"]["metrics"]["r"] = True
+    [row] = check_report(report, _cfg(r_min=0.5))["failures"]
+    assert (row["metric"], row["value"], row["passed"]) == ("r", True, False)
+
+
+def test_a_report_without_attacks_fails_every_required_attack_as_missing() -> None:
+    report = _report()
+    del report["attacks"]
+    verdict = check_report(report, _cfg())
+    assert [format_row(r) for r in verdict["failures"]] == ["fgsm status = not run (missing) (must be == ok)"]
+    cfg = _cfg()
+    del cfg["attacks"]["fgsm"]["required"]  # required unless the config says otherwise
+    assert [r["section"] for r in check_report(report, cfg)["failures"]] == ["fgsm"]
+
+
+def test_format_row_and_failure_reason_text() -> None:
+    """Floats with 4 significant digits, other values as they are; failures joined by '; '."""
+    from training.gate.verdict import failure_reason
+
+    rows = [
+        {"section": "pgd_2", "metric": "clean_vs_adv.rmse", "value": 17.2512, "op": "<=", "threshold": 15.0},
+        {"section": "uap", "metric": "status", "value": "error (boom)", "op": "==", "threshold": "ok"},
+    ]
+    assert format_row(rows[0]) == "pgd_2 clean_vs_adv.rmse = 17.25 (must be <= 15)"
+    assert format_row(rows[1]) == "uap status = error (boom) (must be == ok)"
+    assert failure_reason([]) == "passed"
+    assert failure_reason(rows) == (
+        "failed: pgd_2 clean_vs_adv.rmse = 17.25 (must be <= 15); uap status = error (boom) (must be == ok)"
+    )
+
+
+def test_grad_norm_rows_add_to_the_others_and_a_status_without_reason_shows_empty() -> None:
+    cfg = _cfg(rmse_clean_vs_adv_max=4.0)
+    cfg["grad_norm"] = {"median_max": 150.0}
+    verdict = check_report(_report(), cfg)
+    assert [(r["section"], r["metric"]) for r in verdict["rows"]] == [
+        ("clean", "srocc"), ("clean", "plcc"), ("fgsm", "clean_vs_adv.rmse"), ("grad_norm", "median_exact")
+    ]
+    assert [r["section"] for r in verdict["failures"]] == ["fgsm"]
+    report = _report()
+    report["attacks"]["fgsm"] = {"status": "error"}
+    [row] = check_report(report, _cfg())["failures"]
+    assert row["value"] == "error ()"

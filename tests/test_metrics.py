@@ -280,3 +280,51 @@ def test_fd_check_over_steps_agrees_with_single_step_estimates() -> None:
     assert rows[0]["pearson"] > 0.95
     assert abs(rows[0]["median_fd_over_exact"] - 1) < abs(rows[-1]["median_fd_over_exact"] - 1)
     assert "fd_check" not in grad_norm_report(model, x, h=0.01, batch_size=8)
+
+
+# --- mutation testing (make mutation, docs/MUTATION.md): the logistic map's values and guards -----
+
+
+def test_logistic_4param_hand_values() -> None:
+    """Eq. 5 of Zhang et al. at known points, with β2 ≠ 0, β3 ≠ 0 and |β4| ≠ 1 so that every term
+    counts: the midpoint (β1 + β2)/2 at f = β3, β1 far above β3, β2 far below, and one slope point."""
+    b1, b2, b3, b4 = 90.0, 10.0, 2.0, 4.0
+    f = np.array([b3, b3 + b4, b3 + 100 * b4, b3 - 100 * b4])
+    want = [50.0, 10.0 + 80.0 / (1.0 + math.exp(-1.0)), 90.0, 10.0]
+    assert logistic_4param(f, b1, b2, b3, b4) == pytest.approx(want, abs=1e-9)
+    assert logistic_4param(f, b1, b2, b3, -b4) == pytest.approx(want, abs=1e-9)  # |β4|
+    assert logistic_4param(np.array([b3]), b1, b2, b3, 0.0) == pytest.approx([50.0])  # β4 = 0 floored
+
+
+def test_logistic_4param_never_overflows_or_underflows() -> None:
+    """The exponent is clipped to ±500, so predictions millions of slopes away from β3 give β1 / β2
+    without a floating-point overflow (exp > 1e308) or underflow (exp < 1e-308)."""
+    f = np.array([-1e9, 1e9])
+    with np.errstate(all="raise"):
+        out = logistic_4param(f, 90.0, 10.0, 0.0, 1.0)
+    assert out == pytest.approx([10.0, 90.0])
+
+
+def test_r_uses_beta2_and_the_floor_is_strict() -> None:
+    """β2 enters the numerator as f − β2: clean 70 with β = (100, 20) allows max(30, 50) = 50, so a
+    change of 10 gives log10 5, and attack_metrics passes β2 through. The floor counts changes
+    strictly below ``min_change``; fit_logistic is off unless asked for."""
+    assert r_robustness([70.0], [60.0], beta1=100.0, beta2=20.0) == pytest.approx(math.log10(5.0))
+    out = attack_metrics([65.0, 30.0], [70.0, 40.0], [60.0, 45.0], beta1=100.0, beta2=20.0)
+    assert out["r"] == pytest.approx(r_robustness([70.0, 40.0], [60.0, 45.0], beta1=100.0, beta2=20.0))
+    assert out["r"] != pytest.approx(r_robustness([70.0, 40.0], [60.0, 45.0]))
+    assert r_floor_hits([50.0, 50.0], [50.5, 50.25], min_change=0.5) == 1
+    assert "plcc_logistic_failed" not in out["mos_vs_adv"]
+
+
+def test_iqa_metrics_are_the_single_metrics_in_float64() -> None:
+    """Every entry of iqa_metrics is its own metric's value; inputs of any shape and dtype are
+    flattened and taken in float64, so an (N, 1) float32 tensor whose squares overflow float32 works."""
+    pred, target = [1.0, 3.0, 2.0, 5.0, 4.0], [1.5, 2.0, 3.0, 4.5, 4.0]
+    out = iqa_metrics(pred, target)
+    assert out == {
+        "rmse": rmse(pred, target), "srocc": srocc(pred, target), "plcc": plcc(pred, target),
+        "krocc": krocc(pred, target),
+    }
+    big = torch.tensor([[1e20], [0.0]], dtype=torch.float32)
+    assert rmse(big, torch.zeros(2)) == pytest.approx(1e20 / math.sqrt(2), rel=1e-6)

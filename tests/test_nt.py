@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -166,3 +168,104 @@ def test_regulariser_under_autocast_matches_float32(mode: str) -> None:
     torch.testing.assert_close(amp.reg, ref.reg, rtol=0.02, atol=1e-3)
     amp.loss.backward()  # the float32 regulariser still reaches the parameters
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- mutation testing (make mutation, docs/MUTATION.md): values the NT objective must return ------
+
+
+def _grads(loss: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_nt_output_is_loss_iqa_reg_and_predictions(lam: float) -> None:
+    """loss = L_IQA + λ·reg (a plus: the regulariser is penalised, never rewarded), iqa_loss is
+    L_IQA(f(x), y) and pred is f(x), detached, for the baseline and for NT."""
+    model = SmallNet()
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([20.0, 40.0, 60.0, 80.0])
+    out = nt_loss(model, x, y, nn.MSELoss(), NTConfig(lam=lam))
+    with torch.no_grad():
+        pred = model(x)
+    torch.testing.assert_close(out.pred, pred)
+    torch.testing.assert_close(out.iqa_loss, nn.MSELoss()(pred, y))
+    assert not out.pred.requires_grad and not out.iqa_loss.requires_grad and not out.reg.requires_grad
+    assert float(out.reg) > 0.0 if lam else float(out.reg) == 0.0
+    torch.testing.assert_close(out.loss.detach(), out.iqa_loss + lam * out.reg)
+
+
+@pytest.mark.parametrize(("batch", "fraction", "n_reg"), [(6, 0.5, 3), (6, 0.1, 1), (5, 1.0, 5)])
+def test_reg_fraction_regularises_the_first_round_fraction_images(
+    batch: int, fraction: float, n_reg: int
+) -> None:
+    """reg = mean over the first max(1, round(fraction·N)) images of ‖∇ₓf‖₁² (exact mode), on images
+    whose norms differ, so taking another count of images changes the value."""
+    model = SmallNet()
+    x = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    x[:, :, :8] *= torch.linspace(0.1, 1.0, batch).view(batch, 1, 1, 1)  # unequal per-image norms
+    norms = input_grad_l1(model, x)
+    assert len({round(float(v), 3) for v in norms}) == batch
+    cfg = NTConfig(lam=1.0, mode="exact", reg_fraction=fraction)
+    out = nt_loss(model, x, torch.full((batch,), 50.0), nn.MSELoss(), cfg)
+    torch.testing.assert_close(out.reg, norms[:n_reg].pow(2).mean(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_exact_mode_regulariser_gradient_reaches_the_parameters(amp: bool) -> None:
+    """Eq. 5 penalises ‖∇ₓf‖₁², so the input gradient must keep its graph (create_graph): the
+    parameter gradient of the NT loss minus that of L_IQA is the gradient of the fp32 regulariser,
+    also under autocast, where the regulariser's forward runs again in float32."""
+    model = SmallNet()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    y = torch.full((3,), 50.0)
+
+    def crit(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return nn.functional.l1_loss(p.float(), t)
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+    with ctx:
+        out = nt_loss(model, x, y, crit, NTConfig(lam=1.0, mode="exact"))
+        plain = crit(model(x.clone().requires_grad_(True)), y)
+    got = [a - b for a, b in zip(_grads(out.loss, model), _grads(plain, model), strict=True)]
+    want = _grads(input_grad_l1(model, x, create_graph=True).pow(2).mean(), model)
+    scale = max(float(w.abs().max()) for w in want)
+    assert scale > 0
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0.05, atol=0.02 * scale)
+
+
+def test_config_bounds_are_inclusive_where_documented() -> None:
+    """h and reg_fraction live in (0, 1]: 1 is allowed, anything above is not."""
+    assert NTConfig(h=1.0).h == 1.0
+    assert NTConfig(reg_fraction=1.0).reg_fraction == 1.0
+    for kwargs in ({"h": 1.001}, {"reg_fraction": 1.5}, {"h": -0.01}, {"reg_fraction": -0.5}):
+        with pytest.raises(ValueError):
+            NTConfig(**kwargs)
+    assert NTConfig(lam=0.0).enabled is False and NTConfig(lam=1e-9).enabled is True
+
+
+def test_fd_norm_steps_by_h_times_d_and_a_zero_direction_does_not_move() -> None:
+    """x + h·d: where sign(∇ₓf) is 0 the pixel stays put, so d = 0 gives a zero norm; d = ±1 gives
+    |wᵀd| on a linear model."""
+    shape = (3, 4, 4)
+    model = Linear(shape)
+    x = torch.full((2, *shape), 0.5)
+    pred = model(x)
+    zero = finite_difference_norm(model, x, pred, torch.zeros_like(x), 0.01)
+    assert zero.tolist() == [0.0, 0.0]
+    d = torch.sign(model.w.detach()).expand_as(x)
+    torch.testing.assert_close(finite_difference_norm(model, x, pred, d, 0.01).detach(),
+                               model.w.detach().abs().sum().expand(2), rtol=1e-3, atol=1e-3)
+
+
+def test_input_grad_l1_keeps_no_graph_unless_asked() -> None:
+    """The reporting path (gradient norms of the gate) must not keep the double-backward graph."""
+    model = SmallNet()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    plain = input_grad_l1(model, x)
+    assert not plain.requires_grad
+    graph = input_grad_l1(model, x, create_graph=True)
+    assert graph.requires_grad
+    torch.testing.assert_close(plain, graph.detach())
