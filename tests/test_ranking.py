@@ -25,20 +25,21 @@ from training.preprocessing import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Floors per kind for the latest shipped version on darknet's 6 photos at a 768-px long side
-# (measured values in docs/MODEL.md, "Held-out ranking"; each floor ~0.1 below them, none below 0.5).
-FLOORS: dict[str, float] = {
-    "jpeg": 0.8,
-    "webp": 0.8,
-    "gaussian_blur": 0.8,
-    "motion_blur": 0.8,
-    "gaussian_noise": 0.8,
-    "pixelation": 0.8,
-    "downscale_upscale": 0.8,
-    "contrast_loss": 0.5,
-    "overexposure": 0.5,
-    "underexposure": 0.5,
-    "posterize": 0.5,
+# Floors per kind for the latest shipped version on darknet's 6 photos at a 768-px long side, ~0.1
+# under what v2 measures there (docs/MODEL.md, "Held-out ranking"). v1 fails them: JPEG −0.24,
+# WebP −0.53, pixelation 0.39, downscale-upscale 0.47 on the same subset.
+FLOORS: dict[str, float] = {  # v2 measured: see the comment of each
+    "jpeg": 0.8,  # 0.933
+    "webp": 0.8,  # 0.943
+    "gaussian_blur": 0.85,  # 0.971
+    "motion_blur": 0.9,  # 1.000
+    "gaussian_noise": 0.85,  # 0.990
+    "pixelation": 0.9,  # 1.000
+    "downscale_upscale": 0.9,  # 1.000
+    "contrast_loss": 0.8,  # 0.914
+    "overexposure": 0.8,  # 0.924
+    "underexposure": 0.8,  # 0.905
+    "posterize": 0.7,  # 0.810
 }
 
 

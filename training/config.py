@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "max_val_images": None,  # evenly spaced subset of the val split for per-epoch selection (speed)
         "log_every": 10,
         "resume": None,
+        "init_from": None,  # checkpoint whose model weights start this run (fine-tuning; fresh optimizer)
         "gate": False,  # run the acceptance gate at the end (needs the attack suite)
     },
 }

@@ -197,6 +197,9 @@ def main(args: argparse.Namespace) -> int:
     loaders = build_loaders(cfg, pp, device)
     kwargs = model_kwargs(cfg)
     model = create_model(cfg["model"]["name"], preprocess_cfg=pp, **kwargs).to(device)
+    if cfg["train"]["init_from"] and not cfg["train"]["resume"]:
+        model.load_state_dict(load_checkpoint(cfg["train"]["init_from"])["model"])
+        log.info("model weights from %s (fine-tuning: new optimizer and schedule)", cfg["train"]["init_from"])
     epochs = int(cfg["optim"]["epochs"])
     steps_per_epoch = len(loaders["train"])
     if cfg["train"]["max_steps_per_epoch"]:
