@@ -178,7 +178,8 @@ def test_sync_and_async_clients(
 ) -> None:
     names = list(photos)
     with TritonIQAClient(server.grpc_url, batch_size=4) as client:
-        assert client.spec().images_per_request == 6 and client.spec().versions == (1,)
+        latest = resolve_model_version(MODEL_REPOSITORY, "iqa", "latest").version
+        assert client.spec().images_per_request == 6 and client.spec().versions == (latest,)
         np.testing.assert_allclose(
             client.score_bytes([photos[n] for n in names]), [expected[n] for n in names], atol=TOL
         )

@@ -20,8 +20,11 @@ import pytest
 from clients.triton_client import TritonIQAClient
 from clients.triton_common import RetryPolicy
 from export.triton_server import TritonServer
+from serving.model_store import resolve_model_version
 from tests.conftest import run_gateway
 from tests.triton_fixtures import MODEL_REPOSITORY, TOL, gateway_scores, photo_bytes, start_server
+
+LATEST = resolve_model_version(MODEL_REPOSITORY, "iqa", "latest").version
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def test_gateway_on_triton_survives_a_triton_crash(server: TritonServer) -> None
     env = {"IQA_BACKEND": "triton", "IQA_TRITON_URL": server.grpc_url, "IQA_TRITON_POLL_S": "0.25"}
     with run_gateway(MODEL_REPOSITORY, model_name="iqa", env=env) as gateway:
         ready = httpx.get(f"{gateway.url}/readyz").json()
-        assert ready["status"] == "ready" and ready["version"] == 1
+        assert ready["status"] == "ready" and ready["version"] == LATEST
         for name, data in photos.items():
             status, body, _ = _score(gateway.url, data)
             assert status == 200, body

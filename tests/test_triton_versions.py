@@ -1,12 +1,12 @@
 """Explicit model control: a second version is loaded and the ensemble switched to it under load.
 
-A copy of the committed repository gets a version 2 of the scorer, written the way export writes it
-(``iqa/2`` plus ``write_step_versions`` and ``write_family_configs``, which pin the ensemble to 2).
-Version 2 is the same network with 'native' sizing, so it scores a large photo differently. While
-four threads score that photo through ``iqa_image``, the steps are loaded (versions 1 and 2 side by
-side, ``latest: 2``) and then the ensemble: no request fails, every answer is version 1's or
-version 2's score, and once the ensemble is reloaded every answer is version 2's, which is the
-gateway's score for ``IQA_MODEL_VERSION=latest`` on the same repository.
+A copy of the committed repository gets a new version N+1 of the scorer above its latest N, written
+the way export writes it (``iqa/N+1`` plus ``write_step_versions`` and ``write_family_configs``,
+which pin the ensemble to N+1). The new version is version 1's network with 'native' sizing, so it
+scores a large photo differently from N. While four threads score that photo through ``iqa_image``,
+the steps are loaded (N and N+1 side by side, ``latest: 2``) and then the ensemble: no request
+fails, every answer is N's or N+1's score, and once the ensemble is reloaded every answer is N+1's,
+which is the gateway's score for ``IQA_MODEL_VERSION=latest`` on the same repository.
 """
 
 from __future__ import annotations
@@ -27,18 +27,25 @@ from tests.triton_fixtures import TOL, copy_repository, gateway_scores, photo_by
 from training.preprocessing import PreprocessConfig
 
 
-def _add_native_version(repo: Path) -> PreprocessConfig:
-    v1, staging = repo / "iqa" / "1", repo / "iqa" / ".staging-2"
+def _latest(repo: Path) -> int:
+    return max(int(p.name) for p in (repo / "iqa").iterdir() if p.name.isdigit())
+
+
+def _add_version(repo: Path) -> int:
+    """A new version above the latest: version 1's weights, re-sized natively (it scores differently
+    from the latest, so the switch is visible)."""
+    new = _latest(repo) + 1
+    v1, staging = repo / "iqa" / "1", repo / "iqa" / f".staging-{new}"
     shutil.copytree(v1, staging)
     meta = json.loads((staging / "metadata.json").read_text())
-    meta["version"] = 2
+    meta["version"] = new
     meta["preprocess"]["sizing"] = "native"
     (staging / "metadata.json").write_text(json.dumps(meta))
-    staging.rename(repo / "iqa" / "2")
+    staging.rename(repo / "iqa" / str(new))
     cfg = PreprocessConfig.from_dict(meta["preprocess"])
-    write_step_versions(repo, "iqa", 2, cfg)
-    write_family_configs(repo, "iqa", version=2, cfg=cfg)
-    return cfg
+    write_step_versions(repo, "iqa", new, cfg)
+    write_family_configs(repo, "iqa", version=new, cfg=cfg)
+    return new
 
 
 def test_load_a_second_version_and_switch_under_load(tmp_path: Path) -> None:
@@ -47,7 +54,8 @@ def test_load_a_second_version_and_switch_under_load(tmp_path: Path) -> None:
     server = start_server(repo, model_control="explicit", load_models=["*"])
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        v1 = gateway_scores({"p": photo}, 1, repo)["p"]
+        old = _latest(repo)
+        v1 = gateway_scores({"p": photo}, old, repo)["p"]
 
         def score() -> float:
             tensor = grpcclient.InferInput("image_bytes", [1], "BYTES")
@@ -59,7 +67,7 @@ def test_load_a_second_version_and_switch_under_load(tmp_path: Path) -> None:
             )
 
         assert abs(score() - v1) < TOL
-        _add_native_version(repo)
+        new = _add_version(repo)
         v2 = gateway_scores({"p": photo}, "latest", repo)["p"]
         assert abs(v2 - v1) > 0.05, "versions 1 and 2 score alike: the switch would be invisible"
 
@@ -84,7 +92,7 @@ def test_load_a_second_version_and_switch_under_load(tmp_path: Path) -> None:
             m["version"]
             for m in client.get_model_repository_index(as_json=True)["models"]
             if m["name"] == "iqa" and m.get("state") == "READY"
-        } == {"1", "2"}
+        } == {str(old), str(new)}
         client.load_model("iqa_image")
         switched = time.monotonic()
         time.sleep(1.5)
@@ -103,7 +111,7 @@ def test_load_a_second_version_and_switch_under_load(tmp_path: Path) -> None:
             client.get_model_config("iqa_image", as_json=True)["config"]["parameters"]["scorer_version"][
                 "string_value"
             ]
-            == "2"
+            == str(new)
         )
     finally:
         server.stop()
