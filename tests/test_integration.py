@@ -128,6 +128,28 @@ def test_resume_continues_from_last_epoch(
     assert [r["epoch"] for r in log if r["split"] == "val"] == [2]
 
 
+def test_init_from_starts_from_a_checkpoints_weights_with_ranking_batches(
+    workdir: Path, checkpoints: dict[str, Path], manifest: Path
+) -> None:
+    """train.init_from loads the weights (fine-tuning); with lr 0 they come out unchanged, through a
+    run on grouped ranking batches (rank.weight > 0) and NT."""
+    out = workdir / "finetuned"
+    _run(
+        "training/train.py",
+        "--config",
+        "training/configs/ci.yaml",
+        f"data.manifest={manifest}",
+        f"output_dir={out}",
+        f"train.init_from={checkpoints['nt']}",
+        "optim.lr=0",
+        "optim.epochs=1",
+        "rank.weight=1.0",
+    )
+    start, tuned = load_checkpoint(checkpoints["nt"])["model"], load_checkpoint(out / "best.pt")["model"]
+    assert start.keys() == tuned.keys()
+    assert all(torch.equal(start[k], tuned[k]) for k in start)
+
+
 def test_bad_cli_arguments_give_one_line_errors(manifest: Path) -> None:
     for args in (["nt.lam=-1"], ["no.such.key=1"], ["data.manifest=/nonexistent/manifest.csv"]):
         proc = subprocess.run(
