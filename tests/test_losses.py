@@ -52,9 +52,9 @@ def test_cross_reference_pairs_follow_the_label_gap() -> None:
 def test_iqa_loss_adds_weighted_hinge_to_regression() -> None:
     pred, g, lv = _group([60.0, 70.0])
     y = torch.tensor([60.0, 70.0])  # regression is perfect; only the (inverted) ranking costs
-    assert float(IQALoss("l1", RankConfig(weight=0.0))(pred, y, g, lv)) == 0.0
-    assert float(IQALoss("l1", RankConfig(weight=2.0, margin=5.0))(pred, y, g, lv)) == pytest.approx(30.0)
-    assert float(IQALoss("l1", RankConfig(weight=2.0))(pred, y)) == 0.0  # no groups given
+    assert IQALoss("l1", RankConfig(weight=0.0))(pred, y, g, lv).item() == 0.0
+    assert IQALoss("l1", RankConfig(weight=2.0, margin=5.0))(pred, y, g, lv).item() == pytest.approx(30.0)
+    assert IQALoss("l1", RankConfig(weight=2.0))(pred, y).item() == 0.0  # no groups given
 
 
 @pytest.mark.parametrize("kwargs", [{"weight": -1.0}, {"margin": -1.0}, {"group_size": 1}])
