@@ -23,7 +23,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +32,7 @@ import tritonclient.grpc as grpcclient
 from clients.triton_common import BYTES_INPUT, CROPS_INPUT, DEFAULT_URL, bytes_array
 from training.preprocessing import PreprocessConfig, preprocess_bytes
 
-__all__ = ["LoadResult", "main", "run_load", "sample_photo"]
+__all__ = ["LoadResult", "main", "run_closed_loop", "run_load", "sample_photo"]
 
 
 @dataclass(frozen=True)
@@ -75,38 +75,79 @@ def _request(model: str, payload: np.ndarray) -> grpcclient.InferInput:
     return tensor
 
 
-def run_load(url: str, model: str, payload: np.ndarray, concurrency: int, seconds: float) -> LoadResult:
-    """``concurrency`` closed-loop senders for ``seconds``; one image per request."""
+def run_closed_loop(
+    make_sender: Callable[[], Callable[[], object]], concurrency: int, seconds: float, model: str = ""
+) -> LoadResult:
+    """``concurrency`` closed-loop threads for ``seconds``, each calling its own ``make_sender()``.
+
+    ``make_sender`` runs in the thread (a connection, a session handle) and returns the request
+    function; each thread calls it once to warm up, then all start together and each sends its next
+    request as soon as the previous one answered. One call is one image.
+    """
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    deadline = time.monotonic() + seconds
+    barrier = threading.Barrier(concurrency + 1)
+    go = threading.Event()
+    window = {"deadline": 0.0}
 
-    def sender() -> None:
-        client = grpcclient.InferenceServerClient(url)
-        client.infer(model, [_request(model, payload)])  # connect outside the measured window
-        while time.monotonic() < deadline:
+    def worker() -> None:
+        send: Callable[[], object] | None = None
+        try:
+            send = make_sender()
+            send()  # connect / warm up outside the measured window
+        except Exception:
+            send = None
+            with lock:
+                errors[0] += 1
+        barrier.wait()
+        go.wait()
+        while send is not None and time.monotonic() < window["deadline"]:
             started = time.perf_counter()
             try:
-                client.infer(model, [_request(model, payload)])
+                send()
             except Exception:
                 with lock:
                     errors[0] += 1
                 continue
             with lock:
                 latencies.append(time.perf_counter() - started)
-        client.close()
+        close = getattr(send, "close", None)
+        if callable(close):
+            close()
 
-    threads = [threading.Thread(target=sender) for _ in range(concurrency)]
-    began = time.monotonic()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for t in threads:
         t.start()
+    barrier.wait()  # every thread connected and warm
+    began = time.monotonic()
+    window["deadline"] = began + seconds
+    go.set()
     for t in threads:
         t.join()
     elapsed = time.monotonic() - began
     ms = np.asarray(latencies) * 1000 if latencies else np.zeros(1)
     return LoadResult(model, concurrency, len(latencies), elapsed, float(np.percentile(ms, 50)),
                       float(np.percentile(ms, 99)), errors[0])  # fmt: skip
+
+
+class _GrpcSender:
+    """One gRPC connection that sends ``payload`` to ``model`` on each call."""
+
+    def __init__(self, url: str, model: str, payload: np.ndarray) -> None:
+        self.client = grpcclient.InferenceServerClient(url)
+        self.model, self.payload = model, payload
+
+    def __call__(self) -> object:
+        return self.client.infer(self.model, [_request(self.model, self.payload)])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def run_load(url: str, model: str, payload: np.ndarray, concurrency: int, seconds: float) -> LoadResult:
+    """``concurrency`` closed-loop gRPC senders to Triton for ``seconds``; one image per request."""
+    return run_closed_loop(lambda: _GrpcSender(url, model, payload), concurrency, seconds, model)
 
 
 def set_queue_delay(url: str, model: str, delay_us: int) -> None:
@@ -138,7 +179,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     photo = sample_photo(args.side)
-    crops = preprocess_bytes(photo, _served_preprocess() or PreprocessConfig())
+    crops = preprocess_bytes(photo, served_preprocess() or PreprocessConfig())
     payloads = {"iqa": crops, "iqa_image": bytes_array([photo])}
     print("| model | concurrency | images/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
     for delay in args.queue_delays or [None]:
@@ -153,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _served_preprocess() -> PreprocessConfig | None:
+def served_preprocess() -> PreprocessConfig | None:
     """The latest version's PreprocessConfig in ./model_repository (what the gateway would use)."""
     from serving.model_store import resolve_model_version
 

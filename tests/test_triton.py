@@ -277,3 +277,18 @@ def test_cli_scores_a_folder_and_a_csv(
         timeout=60,
     )
     assert unknown.returncode == 2 and "model 'nope_image'" in unknown.stderr
+
+
+def test_bench_measures_both_targets_briefly(server: TritonServer) -> None:
+    """bench/triton.py against this server and in-process ONNX Runtime, a fraction of a second a cell."""
+    from bench.triton import InProcess, get_args_parser, measure, saturation_ratios, table
+
+    args = get_args_parser().parse_args(["--seconds", "2", "--concurrency", "1", "2", "--json", "x.json"])
+    assert (args.seconds, args.concurrency, args.model) == (2.0, [1, 2], ["iqa", "iqa_image"])
+    inproc = InProcess(MODEL_REPOSITORY, intra_op_threads=1)
+    rows = measure(server.grpc_url, inproc, ["iqa", "iqa_image"], [1, 2], seconds=0.3, side=256)
+    assert len(rows) == 8 and all(r["requests"] and not r["errors"] for r in rows)
+    text = table(rows)
+    assert text.count("\n| iqa") == 4 and "Triton ÷ in-process" in text
+    ratios = saturation_ratios(rows)
+    assert set(ratios) == {"iqa", "iqa_image"} and all(r["ratio"] > 0 for r in ratios.values())
