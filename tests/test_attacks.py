@@ -818,6 +818,8 @@ def test_ifgsm_step_size_defaults_to_two_and_a_half_eps_over_steps() -> None:
     assert ifgsm.alpha == pytest.approx(2.5 * 0.005 / 10)
     assert IFGSM(eps=0.01, steps=4).alpha == pytest.approx(2.5 * 0.01 / 4)
     assert IFGSM(eps=0.01, steps=4, alpha=0.003).alpha == 0.003
+    with pytest.raises(ValueError):
+        IFGSM(alpha=0.0)  # a zero step would deliver the clean image as an "attack"
 
 
 def test_l_mid_switches_at_the_models_own_score_midpoint() -> None:
@@ -834,3 +836,10 @@ def test_l_mid_switches_at_the_models_own_score_midpoint() -> None:
     x[1] = 0.3  # score 3: below the midpoint, pushed up
     adv = model(IFGSM(eps=4 / 255, steps=2)(model, x))
     assert float(adv[0]) < 7.0 - 0.1 and float(adv[1]) > 3.0 + 0.1
+
+
+def test_l_mid_switches_at_50_by_default() -> None:
+    """L_mid (Eq. S20) on [0, 100]: a clean score of 50 is pushed up, 50.5 down, by default."""
+    pred, y = torch.tensor([10.0, 10.0]), torch.tensor([50.0, 50.5])
+    assert l_mid(pred, y).tolist() == [10.0, -10.0]
+    assert make_objective("mid")(pred, y).tolist() == [10.0, -10.0]
