@@ -10,11 +10,10 @@ Only photographs are listed (no logos, renders, paintings, charts or calibration
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data.pristine import unpack_debian_package
+from training.data.pristine import unpack_debian_package, user_cache_dir
 
 __all__ = ["HELDOUT_PACKAGES", "HeldoutPhoto", "default_cache_dir", "heldout_photos"]
 
@@ -50,8 +49,7 @@ class HeldoutPhoto:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "robust_iqa" / "heldout"
+    return user_cache_dir("heldout")
 
 
 def heldout_photos(

@@ -35,7 +35,7 @@ from training.data.manifests import (
     ScoreTableError,
     build_manifest,
 )
-from training.data.pristine import PristineError
+from training.data.pristine import PristineError, user_cache_dir
 from training.data.synthetic import SIZES, BuildError, build_synthetic
 
 logger = logging.getLogger("build_dataset")
@@ -51,8 +51,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "robust_iqa" / "pristine"
+    return user_cache_dir("pristine")
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -97,6 +97,7 @@ def build_loaders(cfg: dict[str, Any], pp: PreprocessConfig, device: torch.devic
         "pin_memory": device.type == "cuda",
         "persistent_workers": data["num_workers"] > 0,
     }
+    rank = RankConfig(**cfg["rank"])
     loaders = {}
     for split in ("train", "val", "test"):
         train = split == "train"
@@ -106,20 +107,18 @@ def build_loaders(cfg: dict[str, Any], pp: PreprocessConfig, device: torch.devic
         limit = cfg["train"]["max_val_images"]
         if split == "val" and limit and len(ds.rows) > limit:
             ds.rows = [ds.rows[round(i * len(ds.rows) / limit)] for i in range(int(limit))]
-        gen = torch.Generator().manual_seed(cfg["seed"])
-        rank = RankConfig(**cfg["rank"])
-        if train and rank.enabled:
+        if train and rank.enabled:  # ranking groups: levels of one reference in each batch
             sampler = GroupedBatchSampler(ds.rows, optim["batch_size"], rank.group_size, seed=cfg["seed"])
             loaders[split] = DataLoader(ds, batch_sampler=sampler, **common)
-            continue
-        loaders[split] = DataLoader(
-            ds,
-            batch_size=optim["batch_size"] if train else cfg["train"]["eval_batch_size"],
-            shuffle=train,
-            drop_last=train and len(ds) > optim["batch_size"],
-            generator=gen,
-            **common,
-        )
+        else:
+            loaders[split] = DataLoader(
+                ds,
+                batch_size=optim["batch_size"] if train else cfg["train"]["eval_batch_size"],
+                shuffle=train,
+                drop_last=train and len(ds) > optim["batch_size"],
+                generator=torch.Generator().manual_seed(cfg["seed"]),
+                **common,
+            )
     return loaders
 
 

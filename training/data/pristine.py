@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ __all__ = [
     "directory_sources",
     "package_sources",
     "unpack_debian_package",
+    "user_cache_dir",
     "wallpaper_sources",
 ]
 
@@ -233,6 +235,12 @@ def wallpaper_sources(cache_dir: str | Path) -> list[PristineSource]:
     return [
         PristineSource(n, s.kind, s.ref, s.origin, s.license) for n, s in zip(names, sources, strict=True)
     ]
+
+
+def user_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/robust_iqa/<name>`` (``~/.cache`` without it): where fetched packages live."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "robust_iqa" / name
 
 
 def unpack_debian_package(package: str, cache_dir: str | Path) -> Path:
