@@ -18,7 +18,7 @@ TRITON_METRICS_PORT ?= 8002
 TRITON_CONFIG ?= cpu
 TRITON_REPOSITORY ?= model_repository
 
-.PHONY: serve test triton triton-install install-serve install-triton-client install-dev lint bench dataset train clean \
+.PHONY: system-deps serve test triton triton-install install-serve install-triton-client install-dev lint bench dataset train clean \
 	mutation
 
 $(BIN)/python:
@@ -54,7 +54,18 @@ triton-install: $(TRITON_VENV)/.installed
 serve: install-serve
 	$(BIN)/uvicorn serving.app:app --host $(HOST) --port $(PORT)
 
-test: install-dev triton-install
+# Debian packages the tests drive for real (a Prometheus server and promtool, headless Chromium and its
+# driver). Installed with apt-get when missing and running as root (CI); otherwise the tests that need
+# them say which package is missing.
+APT_PACKAGES ?= prometheus chromium chromium-driver
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+		echo "apt-get install $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then echo "system-deps: not root, missing: $$missing"; fi
+
+test: install-dev triton-install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
