@@ -21,7 +21,7 @@ from serving.deps import ModelState
 from serving.errors import ModelLoadError, install_exception_handlers
 from serving.model_store import resolve_model_version
 from serving.pipeline import Scorer
-from serving.routes import health, score
+from serving.routes import health, score, ui
 from serving.settings import Settings, get_settings
 
 __all__ = ["app", "create_app", "load_scorer"]
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     app.include_router(health.router)
     app.include_router(score.router)
+    app.include_router(ui.router)
     return app
 
 
