@@ -16,12 +16,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from serving import metrics
 from serving.backends import create_backend
 from serving.deps import ModelState
 from serving.errors import ModelLoadError, install_exception_handlers
 from serving.model_store import resolve_model_version
 from serving.pipeline import Scorer
+from serving.request_metrics import RequestMetricsMiddleware
 from serving.routes import health, score, ui
+from serving.routes import metrics as metrics_route
 from serving.settings import Settings, get_settings
 
 __all__ = ["app", "create_app", "load_scorer"]
@@ -52,6 +55,7 @@ async def _load_into(state: ModelState, settings: Settings) -> None:
         state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
         logger.exception("model load failed with an unexpected error")
         return
+    await run_in_threadpool(metrics.model_loaded, settings, scorer.backend.model_info)
     state.scorer, state.status = scorer, "ready"
     info = scorer.backend.model_info
     logger.info(
@@ -84,6 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _configure_logging(settings.log_level)
     state = ModelState()
     app.state.model = state
+    metrics.activate(settings)
     logger.info(
         "loading model '%s' version %s from %s (backend %s)",
         settings.model_name,
@@ -102,6 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if state.scorer is not None:
             state.scorer.backend.close()
         state.status, state.scorer = "loading", None
+        metrics.deactivate()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -113,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(score.router)
     app.include_router(ui.router)
+    app.include_router(metrics_route.router)
+    app.add_middleware(RequestMetricsMiddleware)
     return app
 
 

@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     triton_poll_s: float = Field(0.5, gt=0)
     triton_load_timeout_s: float = Field(120.0, ge=0)
 
+    # Prometheus metrics on /metrics (serving/metrics.py, docs/METRICS.md). Drift: PSI and KS of the
+    # last drift_window plain scores against metadata.json's reference scores (drift_bins quantile
+    # bins), published once drift_min_scores are in and recomputed every drift_recompute_every scores.
+    metrics_enabled: bool = True
+    drift_window: int = Field(500, ge=10)
+    drift_min_scores: int = Field(100, ge=1)
+    drift_recompute_every: int = Field(20, ge=1)
+    drift_bins: int = Field(10, ge=2, le=100)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from serving import metrics
 from serving.deps import ScorerDep, SettingsDep
 from serving.errors import InvalidRequest, TooLarge, Unsupported
 
@@ -73,6 +74,7 @@ async def score(
     """Score one image; ``?timings=true`` adds the seconds spent in each pipeline stage."""
     data = await read_image_payload(request, settings.max_body_bytes)
     result = await run_in_threadpool(scorer.score, data)
+    metrics.observe_result(result)
     info = scorer.backend.model_info
     logger.debug(
         "scored %d bytes: score=%.4f crops=%d timings=%s",

@@ -1,0 +1,305 @@
+"""Gateway metrics: PSI and KS on hand-computable cases, GatewayMetrics on a private registry, and the
+names a real uvicorn gateway exposes on /metrics after it scored an image."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.backends.base import ModelInfo
+from serving.drift import PSI_EPSILON, DriftWindow, ReferenceDistribution, ks_statistic, psi
+from serving.metrics import SCORE_BUCKETS, DriftConfig, GatewayMetrics, gate_verdict
+from serving.pipeline import ScoreResult
+from tests.conftest import TINY_MODEL_NAME, TINY_PREPROCESS, write_model_version
+
+# -- PSI and KS ------------------------------------------------------------------------------------
+
+
+def test_psi_of_two_bins_is_four_tenths_of_ln_9() -> None:
+    # (0.9 - 0.5) ln(0.9 / 0.5) + (0.1 - 0.5) ln(0.1 / 0.5) = 0.4 (ln 1.8 + ln 5) = 0.4 ln 9
+    assert psi([0.5, 0.5], [0.9, 0.1]) == pytest.approx(0.4 * math.log(9), rel=1e-12)
+    assert psi([5, 5], [9, 1]) == pytest.approx(0.4 * math.log(9), rel=1e-12)  # counts are normalised
+
+
+def test_psi_is_zero_for_equal_shares_and_floors_an_empty_bin_at_epsilon() -> None:
+    assert psi([0.2, 0.3, 0.5], [0.2, 0.3, 0.5]) == 0.0
+    # actual [1, 0]: the empty bin counts as PSI_EPSILON, not as log(0)
+    expected = 0.5 * math.log(2) + (0.5 - PSI_EPSILON) * math.log(0.5 / PSI_EPSILON)
+    assert psi([0.5, 0.5], [1.0, 0.0]) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError):
+        psi([0.5, 0.5], [1.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "d"),
+    [([1, 2, 3, 4], [3, 4, 5, 6], 0.5), ([1, 2, 3], [10, 11], 1.0), ([1, 2, 3], [3, 2, 1], 0.0)],
+)
+def test_ks_statistic_on_small_samples(a: list[float], b: list[float], d: float) -> None:
+    assert ks_statistic(np.sort(a), b) == pytest.approx(d, abs=1e-15)
+
+
+def test_ks_statistic_equals_scipy_ks_2samp_with_ties() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    ref = np.round(rng.normal(55, 9, 600), 1)  # rounding makes ties
+    for shift in (0.0, 2.0, 10.0):
+        sample = np.round(rng.normal(55 + shift, 9, 217), 1)
+        got = ks_statistic(np.sort(ref), sample)
+        assert got == pytest.approx(stats.ks_2samp(ref, sample).statistic, abs=1e-12)
+
+
+def test_reference_quantile_bins_and_psi_of_a_window_stuck_in_the_top_bin() -> None:
+    ref = ReferenceDistribution.from_scores(np.arange(100.0), bins=10)
+    np.testing.assert_allclose(ref.expected, np.full(10, 0.1))  # deciles: 10 scores per bin
+    assert ref.edges.size == 9
+    window = DriftWindow(ref, size=50)
+    for s in np.tile(np.arange(90.0, 100.0), 5):  # every score in the top decile
+        window.add(float(s))
+    stats = window.compute()
+    assert stats is not None and stats.n == 50
+    # nine empty bins at epsilon, one bin holding everything
+    expected = 9 * (PSI_EPSILON - 0.1) * math.log(PSI_EPSILON / 0.1) + 0.9 * math.log(1 / 0.1)
+    assert stats.psi == pytest.approx(expected, rel=1e-12)
+    assert stats.ks == pytest.approx(0.9)  # F_ref(89) = 0.9, F_window(89) = 0
+
+
+def test_window_keeps_only_the_last_scores() -> None:
+    ref = ReferenceDistribution.from_scores(np.arange(100.0), bins=4)
+    window = DriftWindow(ref, size=100)
+    assert window.compute() is None
+    for s in range(1000):  # 0..899 drop out, 900..999 stay: all above the reference
+        window.add(float(s))
+    stats = window.compute()
+    assert stats is not None and stats.n == 100 and len(window) == 100
+    assert stats.ks == 1.0
+    for s in range(100):  # now exactly the reference
+        window.add(float(s))
+    stats = window.compute()
+    assert stats is not None and stats.ks == 0.0 and stats.psi == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reference_from_metadata() -> None:
+    assert ReferenceDistribution.from_metadata({}) is None
+    assert ReferenceDistribution.from_metadata({"reference_distribution": {"histogram": {}}}) is None
+    ref = ReferenceDistribution.from_metadata({"reference_distribution": {"scores": [3.0, 1.0, 2.0, 4.0]}}, 2)
+    assert ref is not None
+    np.testing.assert_array_equal(ref.scores, [1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(ref.expected, [0.5, 0.5])
+
+
+def test_shipped_model_reference_is_usable() -> None:
+    import json
+
+    meta = json.loads((Path(__file__).parents[1] / "model_repository/iqa/2/metadata.json").read_text())
+    ref = ReferenceDistribution.from_metadata(meta, bins=10)
+    assert ref is not None and ref.scores.size == 600
+    assert ref.expected.min() > 0.09 and ref.expected.max() < 0.11  # quantile bins: no empty bin
+    assert gate_verdict(meta) == "passed"
+
+
+# -- GatewayMetrics on a private registry ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _ContractProbe:
+    """The contract's ProbeResult fields (serving/probe.py), for when that module is not there."""
+
+    adv_score: float
+    delta: float
+    epsilon: float
+    flagged: bool
+    perturbation_png: bytes | None = None
+
+
+def _with(result: ScoreResult, **extra: Any) -> Any:
+    """``result`` with the contract's optional fields (``probe``, ``mode``): the real ScoreResult
+    fields where its owners have added them, else a subclass carrying them."""
+    if set(extra) <= {f.name for f in dataclasses.fields(ScoreResult)}:
+        return dataclasses.replace(result, **extra)
+
+    @dataclasses.dataclass(frozen=True)
+    class _Extended(ScoreResult):
+        probe: Any = None
+        mode: str = "plain"
+
+    return _Extended(score=result.score, crops=result.crops, timings=result.timings, **extra)
+
+
+def _probed(result: ScoreResult, delta: float, flagged: bool) -> Any:
+    try:
+        from serving.probe import ProbeResult  # type: ignore[import-not-found]
+    except ImportError:
+        ProbeResult = _ContractProbe
+    probe = ProbeResult(adv_score=result.score + delta, delta=delta, epsilon=1 / 255, flagged=flagged)
+    return _with(result, probe=probe)
+
+
+def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_observe_result_records_stages_score_and_probe() -> None:
+    registry = CollectorRegistry()
+    m = GatewayMetrics(registry)
+    timings = {"decode": 0.004, "validate": 1e-6, "preprocess": 0.002, "infer": 0.03, "postprocess": 1e-5}
+    m.observe_result(ScoreResult(score=42.0, crops=5, timings={**timings, "bogus_stage": 1.0}))
+    for stage, seconds in timings.items():
+        assert _value(registry, "iqa_stage_duration_seconds_count", stage=stage) == 1
+        assert _value(registry, "iqa_stage_duration_seconds_sum", stage=stage) == pytest.approx(seconds)
+    assert _value(registry, "iqa_stage_duration_seconds_count", stage="bogus_stage") is None  # bounded
+    assert _value(registry, "iqa_score_bucket", mode="plain", le="40.0") == 0
+    assert _value(registry, "iqa_score_bucket", mode="plain", le="45.0") == 1
+    assert _value(registry, "iqa_score_sum", mode="plain") == 42.0
+    assert _value(registry, "iqa_probes_total") == 0
+
+    m.observe_result(_probed(ScoreResult(score=60.0, crops=5, timings={"probe": 0.05}), -7.5, True))
+    m.observe_result(_probed(ScoreResult(score=60.0, crops=5), 0.5, False))
+    assert _value(registry, "iqa_probes_total") == 2
+    assert _value(registry, "iqa_probe_flagged_total") == 1
+    assert _value(registry, "iqa_probe_abs_delta_sum") == pytest.approx(8.0)  # |−7.5| + |0.5|
+    assert _value(registry, "iqa_probe_abs_delta_bucket", le="0.5") == 1
+    assert _value(registry, "iqa_probe_abs_delta_bucket", le="7.5") == 2
+    assert _value(registry, "iqa_stage_duration_seconds_count", stage="probe") == 1
+    assert list(SCORE_BUCKETS) == [5.0 * i for i in range(1, 21)]
+
+
+def test_drift_gauges_follow_the_window_and_ignore_robust_modes() -> None:
+    registry = CollectorRegistry()
+    m = GatewayMetrics(registry, DriftConfig(window=40, min_scores=20, recompute_every=10, bins=4))
+    ref_scores = list(np.linspace(40.0, 70.0, 100))
+    meta = {"reference_distribution": {"scores": ref_scores}, "gate": {"passed": False}}
+    m.set_model(ModelInfo("iqa", 7, "tiny"), meta)
+    labels = {"model": "iqa", "version": "7", "architecture": "tiny", "gate": "failed"}
+    assert _value(registry, "iqa_model_info", **labels) == 1
+    shifted = [90.0 + 0.1 * i for i in range(19)]
+    for s in shifted:
+        m.observe_result(ScoreResult(score=s, crops=5))
+    assert _value(registry, "iqa_score_drift_psi", model="iqa") is None  # fewer than min_scores
+    m.observe_result(ScoreResult(score=95.0, crops=5))  # the 20th: due (every 10) and enough scores
+    reference = ReferenceDistribution.from_scores(ref_scores, 4)
+    window = DriftWindow(reference, 40)
+    for s in [*shifted, 95.0]:
+        window.add(s)
+    stats = window.compute()
+    assert stats is not None
+    assert _value(registry, "iqa_score_drift_psi", model="iqa") == pytest.approx(stats.psi)
+    assert _value(registry, "iqa_score_drift_ks", model="iqa") == 1.0
+    assert _value(registry, "iqa_score_drift_window_scores", model="iqa") == 20
+    # median-mode scores are recorded in iqa_score{mode="median"} but never enter the drift window
+    for _ in range(30):
+        m.observe_result(_with(ScoreResult(score=10.0, crops=5), mode="median"))
+    assert _value(registry, "iqa_score_count", mode="median") == 30
+    assert _value(registry, "iqa_score_drift_window_scores", model="iqa") == 20
+    # reference-like scores push the shifted ones out of the window: KS falls back near 0
+    for s in np.linspace(40.0, 70.0, 40):
+        m.observe_result(ScoreResult(score=float(s), crops=5))
+    assert _value(registry, "iqa_score_drift_window_scores", model="iqa") == 40
+    assert _value(registry, "iqa_score_drift_ks", model="iqa") < 0.1
+    assert _value(registry, "iqa_score_drift_psi", model="iqa") < 0.05
+
+
+def test_no_reference_means_no_drift_gauges_and_an_ungated_model() -> None:
+    registry = CollectorRegistry()
+    m = GatewayMetrics(registry, DriftConfig(window=10, min_scores=1, recompute_every=1))
+    m.set_model(ModelInfo("iqa", 1), {})
+    m.observe_result(ScoreResult(score=50.0, crops=5))
+    assert _value(registry, "iqa_score_drift_psi", model="iqa") is None
+    assert _value(registry, "iqa_model_info", model="iqa", version="1", architecture="", gate="ungated") == 1
+
+
+# -- a real gateway's /metrics ---------------------------------------------------------------------
+
+EXPECTED_NAMES = {
+    "iqa_http_requests": "counter",
+    "iqa_http_request_duration_seconds": "histogram",
+    "iqa_http_requests_in_flight": "gauge",
+    "iqa_stage_duration_seconds": "histogram",
+    "iqa_score": "histogram",
+    "iqa_score_drift_psi": "gauge",
+    "iqa_score_drift_ks": "gauge",
+    "iqa_score_drift_window_scores": "gauge",
+    "iqa_probes": "counter",
+    "iqa_probe_flagged": "counter",
+    "iqa_probe_abs_delta": "histogram",
+    "iqa_model_info": "gauge",
+}
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference_repository(tiny_model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a reference distribution and a passed gate in its metadata.json."""
+    root = tmp_path_factory.mktemp("metrics_repository")
+    reference = {"scores": [float(s) for s in np.linspace(30.0, 70.0, 50)]}
+    write_model_version(
+        root, TINY_MODEL_NAME, 1, tiny_model_repository / "tiny.onnx", TINY_PREPROCESS,
+        reference_distribution=reference, gate={"passed": True},
+    )  # fmt: skip
+    return root
+
+
+def test_metrics_endpoint_exposes_every_metric_after_a_scored_request(
+    gateway_factory: Callable[..., Any], reference_repository: Path
+) -> None:
+    env = {"IQA_DRIFT_MIN_SCORES": "2", "IQA_DRIFT_RECOMPUTE_EVERY": "1", "IQA_ORT_INTRA_OP_THREADS": "1"}
+    with gateway_factory(reference_repository, env=env) as server:
+        scores = []
+        for seed in range(3):
+            r = httpx.post(f"{server.url}/score", content=_png(seed), headers={"content-type": "image/png"})
+            assert r.status_code == 200, r.text
+            scores.append(r.json()["score"])
+        assert httpx.get(f"{server.url}/no/such/page").status_code == 404
+        response = httpx.get(f"{server.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    for name, kind in EXPECTED_NAMES.items():
+        assert name in families, f"{name} missing from /metrics"
+        assert families[name].type == kind
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    assert samples[("iqa_http_requests_total", (("code", "200"), ("route", "/score")))] == 3
+    assert samples[("iqa_http_requests_total", (("code", "404"), ("route", "unmatched")))] == 1
+    assert samples[("iqa_score_count", (("mode", "plain"),))] == 3
+    assert samples[("iqa_score_sum", (("mode", "plain"),))] == pytest.approx(sum(scores), rel=1e-9)
+    assert samples[("iqa_stage_duration_seconds_count", (("stage", "infer"),))] == 3
+    assert samples[("iqa_score_drift_window_scores", (("model", "iqa"),))] == 3
+    reference = ReferenceDistribution.from_scores(np.linspace(30.0, 70.0, 50), bins=10)
+    window = DriftWindow(reference, 500)
+    for s in scores:
+        window.add(s)
+    stats = window.compute()
+    assert stats is not None
+    assert samples[("iqa_score_drift_ks", (("model", "iqa"),))] == pytest.approx(stats.ks, abs=1e-12)
+    assert samples[("iqa_score_drift_psi", (("model", "iqa"),))] == pytest.approx(stats.psi, rel=1e-9)
+    info = (("architecture", "tiny_iqa"), ("gate", "passed"), ("model", "iqa"), ("version", "1"))
+    assert samples[("iqa_model_info", info)] == 1
+    assert samples[("iqa_http_requests_in_flight", ())] == 1  # the scrape itself
+    assert any(name.startswith("process_") for name in families)  # the process collector
+
+
+def test_metrics_can_be_switched_off(gateway_factory: Callable[..., Any], reference_repository: Path) -> None:
+    with gateway_factory(reference_repository, env={"IQA_METRICS_ENABLED": "false"}) as server:
+        r = httpx.post(f"{server.url}/score", content=_png(0), headers={"content-type": "image/png"})
+        assert r.status_code == 200
+        response = httpx.get(f"{server.url}/metrics")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
