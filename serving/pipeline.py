@@ -17,6 +17,7 @@ import numpy as np
 
 from serving.backends.base import Backend
 from serving.errors import InternalError, InvalidImage, TooLarge
+from serving.robust_modes import RobustMode
 from training.preprocessing import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -38,6 +39,10 @@ class ScoreResult:
     score: float
     crops: int
     timings: dict[str, float] = field(default_factory=dict)
+    # the robust scoring mode (serving/robust_modes.py); bounds/radius: median smoothing's certificate
+    mode: str = "plain"
+    bounds: tuple[float, float] | None = None
+    radius: float | None = None
 
 
 @contextmanager
@@ -57,8 +62,11 @@ class Scorer:
         self.cfg = cfg
         self.max_pixels = min(cfg.max_pixels, max_pixels) if max_pixels else cfg.max_pixels
 
-    def score(self, data: bytes) -> ScoreResult:
-        """Run every stage; raises InvalidImage / TooLarge for bad input, never a bare decoder error."""
+    def score(self, data: bytes, robust: RobustMode | None = None) -> ScoreResult:
+        """Run every stage; raises InvalidImage / TooLarge for bad input, never a bare decoder error.
+        ``robust`` (serving/robust_modes.py) replaces plain inference by a defended score."""
+        if robust is not None:
+            return self._score_robust(data, robust)
         timings: dict[str, float] = {}
         with _timed(timings, "decode"):
             image = self._decode(data)
@@ -71,6 +79,25 @@ class Scorer:
         with _timed(timings, "postprocess"):
             score = self._postprocess(scores, len(crops))
         return ScoreResult(score=score, crops=len(crops), timings=timings)
+
+    def _score_robust(self, data: bytes, robust: RobustMode) -> ScoreResult:
+        timings: dict[str, float] = {}
+        with _timed(timings, "decode"):
+            image = self._decode(data)
+        with _timed(timings, "validate"):
+            self._validate(image)
+        with _timed(timings, "preprocess"):
+            canonical = resize_canonical(image, self.cfg)
+        with _timed(timings, "infer"):
+            outcome = robust.run(canonical, self.cfg, self.backend.infer)
+        with _timed(timings, "postprocess"):
+            score = self._postprocess(np.asarray([outcome.score], dtype=np.float64), 1)
+        cert = outcome.certificate
+        return ScoreResult(
+            score=score, crops=self.cfg.num_eval_crops, timings=timings, mode=robust.name,
+            bounds=(cert.lower, cert.upper) if cert is not None else None,
+            radius=cert.radius if cert is not None else None,
+        )
 
     def warm_up(self) -> None:
         """One inference at the serving shape, so the first request does not pay for lazy init."""

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
     triton_poll_s: float = Field(0.5, gt=0)
     triton_load_timeout_s: float = Field(120.0, ge=0)
 
+    # Robust scoring modes, POST /score?mode=median|jpeg (serving/robust_modes.py, docs/ROBUST_MODES.md).
+    # median: n noisy copies at std sigma ([0, 1] pixel units); bounds for an l2 radius in [0, 1]
+    # units of the canonical image, jointly at confidence 1 - alpha; copies scored per backend batch;
+    # seed None = fresh OS entropy per request (a fixed seed makes the noise predictable to attackers).
+    median_n: int = Field(32, ge=1, le=1024)
+    median_sigma: float = Field(0.05, gt=0, le=1)
+    median_radius: float = Field(0.025, ge=0)
+    median_alpha: float = Field(0.01, gt=0, lt=1)
+    median_copies_per_batch: int = Field(8, ge=1)
+    median_seed: int | None = None
+    jpeg_quality: int = Field(75, ge=1, le=95)  # mode=jpeg: re-encode quality (Pillow)
+
     # Prometheus metrics on /metrics (serving/metrics.py, docs/METRICS.md). Drift: PSI and KS of the
     # last drift_window plain scores against metadata.json's reference scores (drift_bins quantile
     # bins), published once drift_min_scores are in and recomputed every drift_recompute_every scores.

@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from serving import metrics
 from serving.deps import ScorerDep, SettingsDep
 from serving.errors import InvalidRequest, TooLarge, Unsupported
+from serving.robust_modes import ModeName, RobustInfo, robust_info, robust_mode
 
 __all__ = ["ScoreResponse", "router"]
 
@@ -36,6 +37,7 @@ class ScoreResponse(BaseModel):
     version: int
     crops: int
     timings: dict[str, float] | None = None
+    robust: RobustInfo | None = None  # ?mode=median|jpeg (serving/robust_modes.py)
 
 
 _OPENAPI_BODY = {
@@ -69,11 +71,14 @@ _OPENAPI_BODY = {
     },
 )
 async def score(
-    request: Request, scorer: ScorerDep, settings: SettingsDep, timings: bool = False
+    request: Request, scorer: ScorerDep, settings: SettingsDep, timings: bool = False,
+    mode: ModeName = "plain",
 ) -> ScoreResponse:
-    """Score one image; ``?timings=true`` adds the seconds spent in each pipeline stage."""
+    """Score one image; ``?timings=true`` adds the seconds spent in each pipeline stage;
+    ``?mode=median|jpeg`` scores with a defense (docs/ROBUST_MODES.md)."""
     data = await read_image_payload(request, settings.max_body_bytes)
-    result = await run_in_threadpool(scorer.score, data)
+    defense = robust_mode(mode, settings)
+    result = await run_in_threadpool(scorer.score, data, defense)
     metrics.observe_result(result)
     info = scorer.backend.model_info
     logger.debug(
@@ -89,6 +94,7 @@ async def score(
         version=info.version,
         crops=result.crops,
         timings=result.timings if timings else None,
+        robust=robust_info(defense, result.bounds),
     )
 
 
