@@ -18,6 +18,7 @@ function showPreview(file) {
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   previewUrl = URL.createObjectURL(file);
   $("preview").src = previewUrl;
+  $("preview").alt = `The uploaded image, ${file.name}`;
   $("file-name").textContent = file.name;
 }
 
