@@ -17,15 +17,19 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from serving import metrics
+from serving.auth import ApiKeyMiddleware
 from serving.backends import create_backend
+from serving.cors import CorsFromSettings
 from serving.deps import ModelState
 from serving.errors import ModelLoadError, install_exception_handlers
+from serving.limits import ScoringLimiter
 from serving.model_store import resolve_model_version
 from serving.pipeline import Scorer
 from serving.request_metrics import RequestMetricsMiddleware
 from serving.routes import health, score, ui
 from serving.routes import metrics as metrics_route
 from serving.settings import Settings, get_settings
+from serving.shutdown import install_drain_handler
 
 __all__ = ["app", "create_app", "load_scorer"]
 
@@ -39,7 +43,13 @@ def load_scorer(settings: Settings) -> Scorer:
     model = resolve_model_version(settings.model_repository, settings.model_name, settings.model_version)
     backend = create_backend(model, settings)
     backend.load()
-    scorer = Scorer(backend, model.preprocess, max_pixels=settings.max_pixels)
+    scorer = Scorer(
+        backend,
+        model.preprocess,
+        max_pixels=settings.max_pixels,
+        min_side=settings.min_image_side,
+        decode_timeout_s=settings.decode_timeout_s,
+    )
     scorer.warm_up()
     return scorer
 
@@ -88,6 +98,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _configure_logging(settings.log_level)
     state = ModelState()
     app.state.model = state
+    app.state.limiter = limiter = ScoringLimiter.from_settings(settings)
+    undo_drain = install_drain_handler(state.start_draining, settings.shutdown_drain_s)
     metrics.activate(settings)
     logger.info(
         "loading model '%s' version %s from %s (backend %s)",
@@ -108,6 +120,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             state.scorer.backend.close()
         state.status, state.scorer = "loading", None
         metrics.deactivate()
+        undo_drain()
+        limiter.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -120,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(score.router)
     app.include_router(ui.router)
     app.include_router(metrics_route.router)
+    app.add_middleware(ApiKeyMiddleware)  # inside CORS (preflights carry no key) and the metrics
+    app.add_middleware(CorsFromSettings)
     app.add_middleware(RequestMetricsMiddleware)
     return app
 

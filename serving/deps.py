@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
-from serving.errors import BackendDown, NotReady
+from serving.errors import BackendDown, NotReady, ShuttingDown
 from serving.pipeline import Scorer
 from serving.settings import Settings, get_settings
 
@@ -23,6 +23,10 @@ class ModelState:
     status: LoadStatus = "loading"
     scorer: Scorer | None = None
     error: str | None = None
+    draining: bool = False  # SIGTERM received (serving/shutdown.py): 503 to new work
+
+    def start_draining(self) -> None:
+        self.draining = True
 
     def ready(self) -> bool:
         return self.status == "ready" and self.scorer is not None and self.scorer.backend.ready()
@@ -34,6 +38,8 @@ async def get_model_state(request: Request) -> ModelState:
 
 
 async def get_scorer(state: Annotated[ModelState, Depends(get_model_state)]) -> Scorer:
+    if state.draining:
+        raise ShuttingDown("the server is shutting down; retry (another replica)")
     if state.status == "ready" and state.scorer is not None and not state.scorer.backend.ready():
         raise BackendDown("the inference backend is unavailable")  # e.g. Triton down; it may come back
     if not state.ready() or state.scorer is None:

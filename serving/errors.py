@@ -8,25 +8,33 @@ clients never see internals or stack traces.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "HTTP_STATUS",
     "BackendDown",
+    "DeadlineExceeded",
+    "ErrorBody",
+    "ImageTooSmall",
     "InternalError",
     "InvalidImage",
     "InvalidRequest",
     "ModelLoadError",
     "NotReady",
+    "Overloaded",
     "ServingError",
+    "ShuttingDown",
     "TooLarge",
     "Unsupported",
     "error_response",
+    "error_responses",
     "install_exception_handlers",
 ]
 
@@ -37,6 +45,7 @@ class ServingError(Exception):
     """Base of the errors a client may see; ``code`` is a stable machine-readable string."""
 
     code = "internal_error"
+    headers: Mapping[str, str] = {}  # extra response headers (e.g. Retry-After)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -85,6 +94,52 @@ class InternalError(ServingError):
     code = "internal_error"
 
 
+class ImageTooSmall(ServingError):
+    """The decoded image is smaller than IQA_MIN_IMAGE_SIDE on one side."""
+
+    code = "image_too_small"
+
+
+class _RetryLater(ServingError):
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(max(int(retry_after_s), 0))}
+
+
+class Overloaded(_RetryLater):
+    """Every scoring slot is busy and the bounded queue is full (or the wait ran out)."""
+
+    code = "overloaded"
+
+
+class ShuttingDown(_RetryLater):
+    """The server received SIGTERM: it finishes what it has and takes nothing new."""
+
+    code = "shutting_down"
+
+
+class DeadlineExceeded(ServingError):
+    """The request (IQA_REQUEST_TIMEOUT_S) or its decode (IQA_DECODE_TIMEOUT_S) ran out of time."""
+
+    code = "deadline_exceeded"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error response (declared in the OpenAPI schema)."""
+
+    error: ErrorDetail
+
+
+def error_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses`` for a route: each status with its description and the ``ErrorBody`` model."""
+    return {status: {"model": ErrorBody, "description": text} for status, text in descriptions.items()}
+
+
 class ModelLoadError(Exception):
     """The model version cannot be resolved or loaded; the message is one line for the log."""
 
@@ -94,8 +149,12 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     InvalidImage: 400,
     TooLarge: 413,
     Unsupported: 415,
+    ImageTooSmall: 422,
     NotReady: 503,
     BackendDown: 503,
+    Overloaded: 503,
+    ShuttingDown: 503,
+    DeadlineExceeded: 504,
     InternalError: 500,
     ServingError: 500,
 }
@@ -120,7 +179,9 @@ async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
     status = _status_for(exc)
     if status >= 500:
         logger.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, exc.code, exc.message)
-    return error_response(status, exc.code, exc.message)
+    response = error_response(status, exc.code, exc.message)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

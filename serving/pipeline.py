@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.backends.base import Backend
-from serving.errors import InternalError, InvalidImage, TooLarge
+from serving.errors import DeadlineExceeded, ImageTooSmall, InternalError, InvalidImage, TooLarge
 from serving.robust_modes import RobustMode
 from training.preprocessing import (
     ImageDecodeError,
@@ -57,10 +57,20 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
 class Scorer:
     """Scores encoded image bytes with a loaded backend and the model's preprocessing config."""
 
-    def __init__(self, backend: Backend, cfg: PreprocessConfig, max_pixels: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        cfg: PreprocessConfig,
+        max_pixels: int | None = None,
+        *,
+        min_side: int = 1,
+        decode_timeout_s: float | None = None,
+    ) -> None:
         self.backend = backend
         self.cfg = cfg
         self.max_pixels = min(cfg.max_pixels, max_pixels) if max_pixels else cfg.max_pixels
+        self.min_side = max(int(min_side), 1)  # IQA_MIN_IMAGE_SIDE: smaller images get 422
+        self.decode_timeout_s = decode_timeout_s  # IQA_DECODE_TIMEOUT_S: checked when the decode ends
 
     def score(self, data: bytes, robust: RobustMode | None = None) -> ScoreResult:
         """Run every stage; raises InvalidImage / TooLarge for bad input, never a bare decoder error.
@@ -106,17 +116,27 @@ class Scorer:
         self._postprocess(np.asarray(self.backend.infer(batch), dtype=np.float32).reshape(-1), len(batch))
 
     def _decode(self, data: bytes) -> np.ndarray:
+        started = time.perf_counter()
         try:
-            return decode_image(data, self.max_pixels)
+            image = decode_image(data, self.max_pixels)
         except ImageTooLargeError as exc:
             raise TooLarge(str(exc)) from None
         except ImageDecodeError as exc:
             raise InvalidImage(str(exc)) from None
+        # A decode cannot be interrupted (Pillow holds the thread); one that overran stops here, before
+        # any preprocessing or inference, and the request deadline has freed its client already.
+        if self.decode_timeout_s is not None and time.perf_counter() - started > self.decode_timeout_s:
+            raise DeadlineExceeded(f"decoding took longer than the {self.decode_timeout_s:g} s limit")
+        return image
 
-    @staticmethod
-    def _validate(image: np.ndarray) -> None:
+    def _validate(self, image: np.ndarray) -> None:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
             raise InvalidImage(f"decoded image has unsupported shape {image.shape}")
+        height, width = image.shape[:2]
+        if min(height, width) < self.min_side:
+            raise ImageTooSmall(
+                f"image is {width}x{height} px; both sides must be at least {self.min_side} px"
+            )
 
     def _postprocess(self, scores: np.ndarray, n_crops: int) -> float:
         if scores.shape != (n_crops,):

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "app_settings", "get_settings"]
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Settings(BaseSettings):
@@ -33,6 +39,21 @@ class Settings(BaseSettings):
     # Request limits (the decoded-pixel limit is also capped by the model's own PreprocessConfig).
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     max_pixels: int = Field(25_000_000, gt=0)
+
+    # Hardening (docs/SERVING.md "Security and limits"; serving/auth.py, limits.py, shutdown.py).
+    # API keys: comma-separated keys or "sha256:<hex digest of a key>"; empty = no authentication.
+    api_keys: SecretStr = SecretStr("")
+    auth_metrics: bool = False  # also require a key on /metrics
+    cors_origins: str = ""  # comma-separated allowed origins; empty = no CORS headers at all
+    max_concurrency: int = Field(default_factory=lambda: 2 * _cpu_count(), gt=0)  # scoring slots
+    max_queue: int = Field(8, ge=0)  # requests that may wait for a slot; more get 503 at once
+    queue_timeout_s: float = Field(1.0, ge=0)  # longest wait for a slot before 503
+    retry_after_s: int = Field(1, ge=0)  # Retry-After of a 503 overloaded / shutting_down
+    request_timeout_s: float = Field(30.0, gt=0)  # deadline of one /score request -> 504
+    decode_timeout_s: float = Field(10.0, gt=0)  # a decode slower than this stops the request -> 504
+    min_image_side: int = Field(32, ge=1)  # smaller decoded images get 422 image_too_small
+    shutdown_drain_s: float = Field(0.0, ge=0)  # after SIGTERM: 503 to new work this long, then close
+    graceful_shutdown_s: float = Field(30.0, gt=0)  # python -m serving: in-flight requests' grace
 
     # ONNX Runtime. 0 threads = ONNX Runtime's default (one per physical core).
     ort_intra_op_threads: int = Field(0, ge=0)
@@ -72,3 +93,9 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (cached); tests override this dependency or pass ``Settings`` in."""
     return Settings()
+
+
+def app_settings(app: Any) -> Settings:
+    """The settings a FastAPI app runs with: its ``get_settings`` override, else the environment's."""
+    provider = app.dependency_overrides.get(get_settings, get_settings)
+    return provider()

@@ -245,3 +245,24 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# =====================================================================================
+# BEGIN hardening fixtures (owner: serving/limits.py, auth.py, shutdown.py). See
+# tests/hardening_fixtures.py.
+#
+#   costly_model_repository   session fixture: models with a real, known cost per request
+#                             (5 crops of 224 px): version 1 "slow" (~1 s on one core),
+#                             version 2 "medium" (~45 ms). Latest = 2.
+# =====================================================================================
+
+
+@pytest.fixture(scope="session")
+def costly_model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.hardening_fixtures import costly_model_repository as build
+
+    return build(tmp_path_factory.mktemp("costly_repository"), {1: (8, 64), 2: (2, 16)})
+
+
+# END hardening fixtures
+# =====================================================================================

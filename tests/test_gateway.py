@@ -70,7 +70,7 @@ IMAGES: dict[str, Callable[[], bytes]] = {
     "png": _png,
     "png_alpha": _png_alpha,
     "grayscale": _grayscale,
-    "tiny_10x10": lambda: _png(10, 10, seed=4),
+    "smallest_32x32": lambda: _png(32, 32, seed=4),  # IQA_MIN_IMAGE_SIDE; smaller gets 422
     "banner_728x90": lambda: _jpeg(728, 90, seed=5),
 }
 

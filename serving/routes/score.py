@@ -1,7 +1,8 @@
 """``POST /score``: one image in (multipart field ``file`` or the raw body), one quality score out.
 
 The body is read asynchronously under the byte limit; decoding, preprocessing and inference are
-blocking and run in the threadpool, never on the event loop.
+blocking and run on the scoring pool of serving/limits.py (bounded slots, request deadline), never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serving import metrics
 from serving.deps import ScorerDep, SettingsDep
-from serving.errors import InvalidRequest, TooLarge, Unsupported
+from serving.errors import InvalidRequest, TooLarge, Unsupported, error_responses
+from serving.limits import LimiterDep
 from serving.robust_modes import ModeName, RobustInfo, robust_info, robust_mode
 
 __all__ = ["ScoreResponse", "router"]
@@ -63,22 +64,27 @@ _OPENAPI_BODY = {
     response_model=ScoreResponse,
     response_model_exclude_none=True,
     openapi_extra=_OPENAPI_BODY,
-    responses={
-        400: {"description": "empty, corrupt or truncated image; malformed multipart"},
-        413: {"description": "body over IQA_MAX_BODY_BYTES or image over the pixel limit"},
-        415: {"description": "unsupported content type or no multipart 'file' part"},
-        503: {"description": "model not ready or backend unavailable"},
-    },
+    responses=error_responses(
+        {
+            400: "empty, corrupt or truncated image; malformed multipart",
+            401: "IQA_API_KEYS is set and the request has no valid key",
+            413: "body over IQA_MAX_BODY_BYTES or image over the pixel limit",
+            415: "unsupported content type or no multipart 'file' part",
+            422: "image smaller than IQA_MIN_IMAGE_SIDE; invalid query parameters",
+            503: "model not ready, backend unavailable, overloaded (Retry-After) or shutting down",
+            504: "past IQA_REQUEST_TIMEOUT_S or IQA_DECODE_TIMEOUT_S",
+        }
+    ),
 )
 async def score(
-    request: Request, scorer: ScorerDep, settings: SettingsDep, timings: bool = False,
+    request: Request, scorer: ScorerDep, settings: SettingsDep, guard: LimiterDep, timings: bool = False,
     mode: ModeName = "plain",
 ) -> ScoreResponse:
     """Score one image; ``?timings=true`` adds the seconds spent in each pipeline stage;
     ``?mode=median|jpeg`` scores with a defense (docs/ROBUST_MODES.md)."""
-    data = await read_image_payload(request, settings.max_body_bytes)
+    data = await guard.read(read_image_payload(request, settings.max_body_bytes))
     defense = robust_mode(mode, settings)
-    result = await run_in_threadpool(scorer.score, data, defense)
+    result = await guard.run(scorer.score, data, defense)  # bounded slots and deadline (limits.py)
     metrics.observe_result(result)
     info = scorer.backend.model_info
     logger.debug(
