@@ -17,6 +17,7 @@ from typing import Any
 
 from training.config import set_dotted
 from training.gate.attacks import Attack, attack_class, is_attack
+from training.gate.defenses import validate_defenses
 from training.gate.verdict import ATTACK_THRESHOLDS, CLEAN_THRESHOLDS, GRAD_NORM_THRESHOLDS
 from training.utils import load_yaml_config, parse_overrides
 
@@ -26,7 +27,7 @@ DEFAULT_GATE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "gate.ya
 
 _TOP_KEYS = {
     "num_images", "split", "seed", "batch_size", "fit_logistic", "surrogate_checkpoint",
-    "scoring", "clean", "grad_norm", "sweep", "attacks",
+    "scoring", "clean", "grad_norm", "sweep", "attacks", "defenses",
 }
 _SECTION_KEYS = {
     "scoring": {"attack_crops"},
@@ -64,6 +65,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             kind = entry.get("attack")
             raise ValueError(f"gate config: attack {name!r}: {kind!r} is not a registered attack")
         _check_fit_split(name, entry, str(cfg.get("split", "test")))
+    validate_defenses(cfg)
     return cfg
 
 

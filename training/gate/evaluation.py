@@ -31,6 +31,7 @@ from torch import nn
 from training.gate.attack_runs import EvalContext, not_run, run_section, run_sweep
 from training.gate.config import select_attacks, validate_config
 from training.gate.data import EvalData
+from training.gate.defenses import run_defenses
 from training.gate.grad_norms import grad_norm_report
 from training.gate.identity import config_sha256, measurement_sha256, weights_sha256
 from training.gate.metrics import r_floor_hits, relative_rmse
@@ -177,6 +178,10 @@ def evaluate_model(
         report["sweep"] = (
             _timed(seconds, "sweep", partial(run_sweep, ctx))
             if sweep_on else {"status": "not run", "rows": []}
+        )
+        report["defenses"] = (  # the gateway's robust modes as defense rows (training.gate.defenses)
+            _timed(seconds, "defenses", partial(run_defenses, ctx))
+            if (cfg.get("defenses") or {}).get("enabled", False) else run_defenses(ctx)
         )
     seconds["total"] = sum(seconds.values())
     report["meta"] = {

@@ -37,6 +37,9 @@ def measurement_sha256(cfg: dict[str, Any]) -> str:
     for entry in (measured.get("attacks") or {}).values():
         entry.pop("thresholds", None)
         entry.pop("required", None)
+    defenses = measured.pop("defenses", None)  # a disabled section measures nothing
+    if isinstance(defenses, dict) and defenses.get("enabled", False):
+        measured["defenses"] = {k: v for k, v in defenses.items() if k != "required"}
     if isinstance(measured.get("grad_norm"), dict):
         measured["grad_norm"] = {k: v for k, v in measured["grad_norm"].items()
                                  if k in {"enabled", "max_images", "h", "check_h"}}

@@ -23,6 +23,7 @@ from training.gate.tables import (
     Reports,
     attack_table,
     clean_table,
+    defense_table,
     details_table,
     fd_check_table,
     fmt,
@@ -128,6 +129,13 @@ def render_markdown(
         parts += _fd_check_section(single, "###")
     if report.get("sweep", {}).get("rows"):
         parts += ["## FGSM intensity sweep (Fig. 6)", "", sweep_table(report), ""]
+    defenses = defense_table(report)
+    if defenses:
+        n_crops = (report.get("defenses") or {}).get("attack_crops")
+        parts += ["## Defenses: the gateway's robust modes (informational)", "",
+                  f"Scores of the attack scorer ({n_crops} crop(s)) behind each defense; the attacks are "
+                  "re-run adaptively against the defended scorer (docs/ROBUST_MODES.md).", "",
+                  defenses, ""]
     if plots:
         parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(parts)

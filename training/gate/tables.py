@@ -20,6 +20,7 @@ __all__ = [
     "attack_names",
     "attack_table",
     "clean_table",
+    "defense_table",
     "details_table",
     "fd_check_table",
     "fmt",
@@ -223,6 +224,33 @@ def sweep_table(report: Mapping[str, Any]) -> str:
     ]
     return markdown_table(["ε ×255", "iterations", "mean SSIM", "RMSE before/after", "SROCC before/after",
                    "mean abs Δ"], rows)
+
+
+def defense_table(report: Mapping[str, Any]) -> str | None:
+    """The gateway's robust modes as defenses (training.gate.defenses): clean and attacked metrics of
+    the defended score per defense x attack, plus median smoothing's certificate; None when not run."""
+    section = report.get("defenses") or {}
+    if section.get("status") != "ok":
+        return None
+    header = ["defense", "attack", "images", "clean SROCC", "clean PLCC", "attacked SROCC",
+              "RMSE before/after", "mean abs Δ", "attack gradient"]
+    rows = [
+        [r["defense"], r["attack"], str(r["n_images"]), fmt(r["clean_srocc"]), fmt(r["clean_plcc"]),
+         fmt(r["adv_srocc"]), fmt(r["rmse_clean_vs_adv"]), fmt(r["mean_abs_delta"]),
+         str((section.get("defenses", {}).get(r["defense"]) or {}).get("gradient", ""))]
+        for r in section.get("rows", [])
+    ]
+    lines = [markdown_table(header, rows)]
+    for name, entry in (section.get("defenses") or {}).items():
+        cert = entry.get("certificate")
+        if cert:
+            lines.append(
+                f"\n{name}: n = {cert['n']}, σ = {cert['sigma']}, certified ℓ2 radius {cert['radius']} "
+                f"([0, 1] units) at 1 − α = {1 - cert['alpha']:.3f}: mean bounds "
+                f"[{fmt(cert['mean_lower'], 2)}, {fmt(cert['mean_upper'], 2)}], mean certified relative "
+                f"delta {fmt(cert['mean_cert_rd'], 4)}, {cert['abstained']} image(s) with a range fallback."
+            )
+    return "\n".join(lines)
 
 
 def gate_table(gate: Mapping[str, Any]) -> str:

@@ -98,6 +98,10 @@ def check_report(report: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str,
                     "passed": False,
                 }
             )
+    defenses = report.get("defenses") or {"status": "not run", "reason": "missing"}
+    if (cfg.get("defenses") or {}).get("required", False) and defenses.get("status") != "ok":
+        rows.append({"section": "defenses", "metric": "status", "passed": False, "op": "==",
+                     "threshold": "ok", "value": f"{defenses.get('status')} ({defenses.get('reason', '')})"})
     gn = cfg.get("grad_norm") or {}
     if any(gn.get(k) is not None for k in GRAD_NORM_THRESHOLDS):
         rows += _threshold_rows("grad_norm", report.get("grad_norm"), gn, GRAD_NORM_THRESHOLDS)
