@@ -10,6 +10,7 @@ from training.gate.attacks import (
     score_images,
 )
 from training.gate.attacks.base import quantize_8bit, quantize_in_ball
+from training.preprocessing import PreprocessConfig
 
 ALL_ATTACKS = {"fgsm", "ifgsm", "pgd", "perceptual", "uap", "korhonen", "square", "ioi", "ranking"}
 EPS = {
@@ -81,3 +82,43 @@ class Probe(nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).clamp(0.0, 100.0)
+
+
+class PatternModel(nn.Module):
+    """An analytic model: raw = bias + gain·mean(w·x) over a fixed pattern w (±1 by default, or
+    ``pattern``), no ``score`` method (a plain module); ``score_range`` goes to its preprocess_cfg.
+    Its gradient is gain·w/numel, known exactly, and it needs no training, so tests of an attack's
+    arithmetic run in milliseconds."""
+
+    def __init__(
+        self,
+        bias: float = 50.0,
+        gain: float = 100.0,
+        size: int = 16,
+        seed: int = 5,
+        pattern: torch.Tensor | None = None,
+        score_range: tuple[float, float] = (0.0, 100.0),
+    ) -> None:
+        super().__init__()
+        self.preprocess_cfg = PreprocessConfig(score_min=score_range[0], score_max=score_range[1])
+        if pattern is None:
+            gen = torch.Generator().manual_seed(seed)
+            pattern = (torch.randint(0, 2, (1, 3, size, size), generator=gen) * 2 - 1).float()
+        self.register_buffer("w", pattern)
+        self.bias, self.gain = bias, gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias + self.gain * (x * self.w).mean((1, 2, 3))
+
+
+class PatternScorer(PatternModel):
+    """``PatternModel`` with the served score: ``score`` clamps the raw output to [0, 100]."""
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x).clamp(0.0, 100.0)
+
+
+def grid_images(n: int, size: int = 16, seed: int = 0, low: int = 40, high: int = 216) -> torch.Tensor:
+    """n random images on the 8-bit grid with every level in [low, high] / 255 (off the box edges)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high + 1, (n, 3, size, size), generator=gen).float() / 255
