@@ -107,7 +107,7 @@ class _RetryLater(ServingError):
 
 
 class Overloaded(_RetryLater):
-    """Every scoring slot is busy and the bounded queue is full (or the wait ran out)."""
+    """Every scoring slot is busy and the bounded queue is full (or the wait ran out): 429, Retry-After."""
 
     code = "overloaded"
 
@@ -150,9 +150,9 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     TooLarge: 413,
     Unsupported: 415,
     ImageTooSmall: 422,
+    Overloaded: 429,  # load shedding: not a replica fault, so proxies don't eject the replica
     NotReady: 503,
     BackendDown: 503,
-    Overloaded: 503,
     ShuttingDown: 503,
     DeadlineExceeded: 504,
     InternalError: 500,

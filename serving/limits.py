@@ -3,8 +3,9 @@
 ``ScoringLimiter.run(fn, ...)`` runs blocking scoring work on its own thread pool of
 ``IQA_MAX_CONCURRENCY`` threads. A request takes a slot at once when one is free; otherwise it may
 wait, if fewer than ``IQA_MAX_QUEUE`` others are waiting, for at most ``IQA_QUEUE_TIMEOUT_S``. Past
-that it gets 503 ``overloaded`` with ``Retry-After``: the gateway sheds work, it never queues
-without bound.
+that it gets 429 ``overloaded`` with ``Retry-After``: the gateway sheds work, it never queues
+without bound. (429, not 503: an overloaded replica is healthy, and proxies that eject replicas on
+5xx, such as Envoy's outlier detection, should not eject it.)
 
 The deadline (``IQA_REQUEST_TIMEOUT_S``, counted from the moment the route starts) answers the client
 with 504 ``deadline_exceeded``. A Python thread cannot be killed, so work that overruns keeps running
@@ -173,7 +174,7 @@ class RequestGuard:
 
 
 async def get_request_guard(request: Request) -> RequestGuard:
-    """Starts the request's clock and turns it away at once (503) when the gateway is saturated."""
+    """Starts the request's clock and turns it away at once (429) when the gateway is saturated."""
     limiter = getattr(request.app.state, "limiter", None)
     if not isinstance(limiter, ScoringLimiter):  # an app run without its lifespan: same settings
         settings = request.app.dependency_overrides.get(get_settings, get_settings)()

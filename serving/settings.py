@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     auth_metrics: bool = False  # also require a key on /metrics
     cors_origins: str = ""  # comma-separated allowed origins; empty = no CORS headers at all
     max_concurrency: int = Field(default_factory=lambda: 2 * _cpu_count(), gt=0)  # scoring slots
-    max_queue: int = Field(8, ge=0)  # requests that may wait for a slot; more get 503 at once
-    queue_timeout_s: float = Field(1.0, ge=0)  # longest wait for a slot before 503
-    retry_after_s: int = Field(1, ge=0)  # Retry-After of a 503 overloaded / shutting_down
+    max_queue: int = Field(8, ge=0)  # requests that may wait for a slot; more get 429 at once
+    queue_timeout_s: float = Field(1.0, ge=0)  # longest wait for a slot before 429
+    retry_after_s: int = Field(1, ge=0)  # Retry-After of a 429 overloaded / 503 shutting_down
     request_timeout_s: float = Field(30.0, gt=0)  # deadline of one /score request -> 504
     decode_timeout_s: float = Field(10.0, gt=0)  # a decode slower than this stops the request -> 504
     min_image_side: int = Field(32, ge=1)  # smaller decoded images get 422 image_too_small
@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     median_copies_per_batch: int = Field(8, ge=1)
     median_seed: int | None = None
     jpeg_quality: int = Field(75, ge=1, le=95)  # mode=jpeg: re-encode quality (Pillow)
+
+    # FGSM self-probe, POST /score?probe=true (serving/probe.py, docs/PROBE.md): probe_rate is the share
+    # of requests probed without the flag; flagged = |delta| > probe_threshold (None: the calibrated
+    # value recorded in <name>_probe/<version>/metadata.json).
+    probe_rate: float = Field(0.0, ge=0, le=1)
+    probe_threshold: float | None = Field(None, ge=0)
 
     # Prometheus metrics on /metrics (serving/metrics.py, docs/METRICS.md). Drift: PSI and KS of the
     # last drift_window plain scores against metadata.json's reference scores (drift_bins quantile

@@ -1,5 +1,4 @@
-"""Helpers of the hardening tests (tests/test_hardening_*.py): a model with a chosen cost, images,
-and a closed-loop HTTP load runner with latency percentiles.
+"""Helpers of the hardening tests (tests/test_hardening_*.py): a model with a chosen cost, and images.
 
 The tiny model of tests/conftest.py scores in a few milliseconds, too fast to keep requests in flight
 while a test sends SIGTERM or overloads the gateway. ``export_costly_iqa_onnx`` exports the same
@@ -10,16 +9,9 @@ request costs a known amount of real ONNX Runtime work (``layers`` x ``channels`
 from __future__ import annotations
 
 import io
-import statistics
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -27,15 +19,7 @@ from PIL import Image
 from tests.conftest import TINY_MODEL_NAME, write_model_version
 from training.preprocessing import PreprocessConfig
 
-__all__ = [
-    "COSTLY_PREPROCESS",
-    "LoadResult",
-    "costly_model_repository",
-    "export_costly_iqa_onnx",
-    "jpeg_bytes",
-    "percentile",
-    "run_closed_loop",
-]
+__all__ = ["COSTLY_PREPROCESS", "costly_model_repository", "export_costly_iqa_onnx", "jpeg_bytes"]
 
 
 def export_costly_iqa_onnx(path: Path, layers: int, channels: int, seed: int = 0) -> None:
@@ -92,84 +76,3 @@ def jpeg_bytes(width: int = 160, height: int = 120, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear interpolation; NaN for no values."""
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-@dataclass
-class LoadResult:
-    """Per-request (status, seconds, headers that matter) of a load run, plus its wall time."""
-
-    outcomes: list[tuple[int, float, dict[str, str]]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # transport failures: dropped, refused, timed out
-    wall_s: float = 0.0
-
-    def statuses(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for status, _, _ in self.outcomes:
-            counts[status] = counts.get(status, 0) + 1
-        return counts
-
-    def latencies(self, status: int) -> list[float]:
-        return [s for code, s, _ in self.outcomes if code == status]
-
-    def summary(self, status: int = 200) -> str:
-        lat = self.latencies(status)
-        med = statistics.median(lat) if lat else float("nan")
-        return (
-            f"statuses={self.statuses()} errors={len(self.errors)} wall={self.wall_s:.2f}s "
-            f"{status}: n={len(lat)} p50={med * 1e3:.1f}ms p99={percentile(lat, 99) * 1e3:.1f}ms"
-        )
-
-
-def post_image(client: httpx.Client, url: str, data: bytes) -> tuple[int, float, dict[str, str]]:
-    started = time.monotonic()
-    response = client.post(f"{url}/score", content=data, headers={"content-type": "image/jpeg"})
-    seconds = time.monotonic() - started
-    kept = {k: response.headers[k] for k in ("retry-after", "content-type") if k in response.headers}
-    if response.status_code >= 400:
-        kept["code"] = response.json()["error"]["code"]  # every error is JSON (fails loudly if not)
-    return response.status_code, seconds, kept
-
-
-def run_closed_loop(
-    url: str,
-    data: bytes,
-    *,
-    concurrency: int,
-    requests: int,
-    timeout_s: float = 30.0,
-    on_request: Callable[[int], None] | None = None,
-) -> LoadResult:
-    """``requests`` POSTs from ``concurrency`` threads, each with its own keep-alive connection."""
-    result = LoadResult()
-    lock = threading.Lock()
-    counter = iter(range(requests))
-
-    def worker() -> None:
-        with httpx.Client(timeout=timeout_s) as client:
-            while True:
-                with lock:
-                    index = next(counter, None)
-                if index is None:
-                    return
-                if on_request is not None:
-                    on_request(index)
-                try:
-                    outcome = post_image(client, url, data)
-                except httpx.HTTPError as exc:
-                    with lock:
-                        result.errors.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                with lock:
-                    result.outcomes.append(outcome)
-
-    started = time.monotonic()
-    with ThreadPoolExecutor(concurrency) as pool:
-        for future in [pool.submit(worker) for _ in range(concurrency)]:
-            future.result()
-    result.wall_s = time.monotonic() - started
-    return result

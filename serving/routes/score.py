@@ -19,6 +19,7 @@ from serving import metrics
 from serving.deps import ScorerDep, SettingsDep
 from serving.errors import InvalidRequest, TooLarge, Unsupported, error_responses
 from serving.limits import LimiterDep
+from serving.probe import ProbeInfo, probe_info, wants_probe
 from serving.robust_modes import ModeName, RobustInfo, robust_info, robust_mode
 
 __all__ = ["ScoreResponse", "router"]
@@ -39,6 +40,7 @@ class ScoreResponse(BaseModel):
     crops: int
     timings: dict[str, float] | None = None
     robust: RobustInfo | None = None  # ?mode=median|jpeg (serving/robust_modes.py)
+    probe: ProbeInfo | None = None  # ?probe=true or IQA_PROBE_RATE (serving/probe.py)
 
 
 _OPENAPI_BODY = {
@@ -71,7 +73,8 @@ _OPENAPI_BODY = {
             413: "body over IQA_MAX_BODY_BYTES or image over the pixel limit",
             415: "unsupported content type or no multipart 'file' part",
             422: "image smaller than IQA_MIN_IMAGE_SIDE; invalid query parameters",
-            503: "model not ready, backend unavailable, overloaded (Retry-After) or shutting down",
+            429: "overloaded: every scoring slot busy and the queue full (Retry-After)",
+            503: "model not ready, backend unavailable, or shutting down (Retry-After)",
             504: "past IQA_REQUEST_TIMEOUT_S or IQA_DECODE_TIMEOUT_S",
         }
     ),
@@ -79,12 +82,17 @@ _OPENAPI_BODY = {
 async def score(
     request: Request, scorer: ScorerDep, settings: SettingsDep, guard: LimiterDep, timings: bool = False,
     mode: ModeName = "plain",
+    probe: bool = False,
+    perturbation: bool = False,
 ) -> ScoreResponse:
     """Score one image; ``?timings=true`` adds the seconds spent in each pipeline stage;
-    ``?mode=median|jpeg`` scores with a defense (docs/ROBUST_MODES.md)."""
+    ``?mode=median|jpeg`` scores with a defense (docs/ROBUST_MODES.md); ``?probe=true`` adds the
+    FGSM self-probe, ``&perturbation=true`` with its amplified perturbation PNG (docs/PROBE.md)."""
     data = await guard.read(read_image_payload(request, settings.max_body_bytes))
     defense = robust_mode(mode, settings)
-    result = await guard.run(scorer.score, data, defense)  # bounded slots and deadline (limits.py)
+    run_probe = wants_probe(probe or perturbation, settings.probe_rate, scorer.prober is not None)
+    # bounded slots and deadline (limits.py)
+    result = await guard.run(scorer.score, data, defense, run_probe, perturbation)
     metrics.observe_result(result)
     info = scorer.backend.model_info
     logger.debug(
@@ -101,6 +109,7 @@ async def score(
         crops=result.crops,
         timings=result.timings if timings else None,
         robust=robust_info(defense, result.bounds),
+        probe=probe_info(result.probe),
     )
 
 
