@@ -17,9 +17,13 @@ TRITON_GRPC_PORT ?= 8001
 TRITON_METRICS_PORT ?= 8002
 TRITON_CONFIG ?= cpu
 TRITON_REPOSITORY ?= model_repository
+# tests/test_deploy_k8s.py checks the KServe InferenceService with the KServe SDK's models, in a venv
+# of its own: the SDK's dependencies (pandas<3, uvloop, ...) would change the project's .venv.
+KSERVE_VENV ?= .venv-kserve
+KSERVE_PIN ?= kserve==0.21.0
 
 .PHONY: system-deps serve test triton triton-install install-serve install-triton-client install-dev lint bench dataset train clean \
-	mutation
+	mutation kserve-install deploy-check capacity
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +54,12 @@ install-serve: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed
 install-triton-client: $(VENV)/.triton-client-installed
 triton-install: $(TRITON_VENV)/.installed
+kserve-install: $(KSERVE_VENV)/.installed
+
+$(KSERVE_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet '$(KSERVE_PIN)'
+	touch $@
 
 serve: install-serve
 	$(BIN)/uvicorn serving.app:app --host $(HOST) --port $(PORT)
@@ -65,7 +75,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	elif [ -n "$$missing" ]; then echo "system-deps: not root, missing: $$missing"; fi
 
-test: install-dev triton-install system-deps
+test: install-dev triton-install kserve-install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -97,4 +107,13 @@ train: install-dev
 	$(BIN)/python training/train.py --config training/configs/default.yaml
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .triton .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) .triton .pytest_cache .ruff_cache runs
+
+# The deployment files offline (docs/DEPLOY.md): hadolint, the image build replayed in a fresh venv,
+# compose wiring, kustomize + Kubernetes schemas + the KServe SDK, yamllint.
+deploy-check: install-dev kserve-install system-deps
+	$(BIN)/python -m pytest tests/test_deploy_image.py tests/test_deploy_compose.py tests/test_deploy_k8s.py
+
+# Images per second of one gateway replica on this machine and the replicas for 1,000 images/s.
+capacity: install-dev
+	$(BIN)/python bench/capacity.py --json runs/capacity.json
