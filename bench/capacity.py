@@ -15,6 +15,11 @@ Per side, a replica's capacity is its best images/s over the concurrencies; the 
 ``--target`` images/s are ``ceil(target / capacity)`` at 100% and at ``--utilization`` (the headroom
 an autoscaler keeps). The load generator runs on the same machine, so it takes CPU from the server
 on a small box: the figures are a floor for a replica that has its cores to itself.
+
+It also reads the server process's CPU time (``/proc/<pid>/stat``, all its threads) around each
+cell: CPU-seconds per image is what the work costs, whatever else runs on the machine, and
+``--replica-cpus / cpu_s_per_image`` is the throughput of a replica that gets those CPUs in full
+(the "CPU-bound" columns; on a shared machine they are the better estimate of a dedicated one).
 """
 
 from __future__ import annotations
@@ -58,6 +63,15 @@ class Capacity:
     p99_ms: float
     replicas_at_full: int
     replicas_at_utilization: int
+    cpu_s_per_image: float
+    cpu_bound_images_per_s: float
+    cpu_bound_replicas_at_utilization: int
+
+
+@dataclass(frozen=True)
+class Cell:
+    load: LoadResult
+    cpu_s_per_image: float
 
 
 def photo_set(side: int) -> list[bytes]:
@@ -81,8 +95,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def gateway(ort_threads: int, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """``python -m serving`` on a free loopback port, ready; terminated on exit."""
+def gateway(ort_threads: int, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """``python -m serving`` on a free loopback port, ready; yields (url, pid); terminated on exit."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IQA_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
@@ -110,7 +124,7 @@ def gateway(ort_threads: int, extra_env: dict[str, str] | None = None) -> Iterat
                     if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                         break
                 time.sleep(0.2)
-            yield url
+            yield url, proc.pid
         finally:
             proc.terminate()
             try:
@@ -143,9 +157,20 @@ def sender_factory(url: str, photos: list[bytes]) -> Callable[[], _HttpSender]:
     return lambda: _HttpSender(url, photos, next(counter))
 
 
-def capacity(side: int, results: Sequence[LoadResult], target: float, utilization: float) -> Capacity:
-    best = max(results, key=lambda r: r.images_per_s)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (all threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def capacity(
+    side: int, cells: Sequence[Cell], target: float, utilization: float, replica_cpus: float
+) -> Capacity:
+    best_cell = max(cells, key=lambda c: c.load.images_per_s)
+    best = best_cell.load
     rate = best.images_per_s
+    cpu = best_cell.cpu_s_per_image
+    cpu_rate = replica_cpus / cpu if cpu > 0 else 0.0
     return Capacity(
         side=side,
         concurrency=best.concurrency,
@@ -154,6 +179,9 @@ def capacity(side: int, results: Sequence[LoadResult], target: float, utilizatio
         p99_ms=best.p99_ms,
         replicas_at_full=math.ceil(target / rate) if rate > 0 else 0,
         replicas_at_utilization=math.ceil(target / (rate * utilization)) if rate > 0 else 0,
+        cpu_s_per_image=cpu,
+        cpu_bound_images_per_s=cpu_rate,
+        cpu_bound_replicas_at_utilization=math.ceil(target / (cpu_rate * utilization)) if cpu_rate > 0 else 0,
     )
 
 
@@ -169,6 +197,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     plan = parser.add_argument_group("capacity plan")
     plan.add_argument("--target", type=float, default=1000.0, help="images per second to serve")
     plan.add_argument("--utilization", type=float, default=0.7, help="planned CPU share per replica")
+    plan.add_argument("--replica-cpus", type=float, default=2.0, help="CPUs of one replica (its limit)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser
 
@@ -178,29 +207,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = dict(item.split("=", 1) for item in args.env)
     started = dt.datetime.now(dt.UTC)
     load_before = os.getloadavg()
-    cells: list[LoadResult] = []
+    cells: list[Cell] = []
     plans: list[Capacity] = []
-    with gateway(args.ort_threads, extra) as url:
-        print("| side px | concurrency | images/s | p50 ms | p99 ms | errors |")
-        print("|---|---|---|---|---|---|")
+    with gateway(args.ort_threads, extra) as (url, pid):
+        print("| side px | concurrency | images/s | p50 ms | p99 ms | errors | server CPU s/image |")
+        print("|---|---|---|---|---|---|---|")
         for side in args.sides:
             photos = photo_set(side)
             rows = []
             for c in args.concurrency:
+                before = cpu_seconds(pid)
                 result = run_closed_loop(sender_factory(url, photos), c, args.seconds, model=f"{side}")
-                rows.append(result)
-                print(result.row(), flush=True)
+                used = cpu_seconds(pid) - before  # includes the senders' warm-up requests (one each)
+                cell = Cell(result, used / (result.requests + c) if result.requests else 0.0)
+                rows.append(cell)
+                print(f"{result.row()} {cell.cpu_s_per_image:.3f} |", flush=True)
             cells += rows
-            plans.append(capacity(side, rows, args.target, args.utilization))
+            plans.append(capacity(side, rows, args.target, args.utilization, args.replica_cpus))
     load_after = os.getloadavg()
     pct = round(args.utilization * 100)
     print(f"\nTarget {args.target:.0f} images/s: replicas = ceil(target / capacity), at 100% and {pct}%")
-    print(f"| side px | images/s per replica | at c | p50 ms | p99 ms | replicas 100% | replicas {pct}% |")
-    print("|---|---|---|---|---|---|---|")
+    cpus = f"{args.replica_cpus:g}"
+    print(
+        f"| side px | images/s per replica | at c | p50 ms | p99 ms | replicas 100% | replicas {pct}% "
+        f"| CPU s/image | CPU-bound images/s ({cpus} CPUs) | CPU-bound replicas {pct}% |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for p in plans:
         print(
             f"| {p.side} | {p.images_per_s:.1f} | {p.concurrency} | {p.p50_ms:.0f} | {p.p99_ms:.0f} "
-            f"| {p.replicas_at_full} | {p.replicas_at_utilization} |"
+            f"| {p.replicas_at_full} | {p.replicas_at_utilization} | {p.cpu_s_per_image:.3f} "
+            f"| {p.cpu_bound_images_per_s:.1f} | {p.cpu_bound_replicas_at_utilization} |"
         )
     print(f"\nload average before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} CPUs")
     if args.json is not None:
@@ -214,11 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "load_after": load_after,
             },
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "cells": [asdict(c) | {"images_per_s": c.images_per_s} for c in cells],
+            "cells": [
+                asdict(c.load) | {"images_per_s": c.load.images_per_s, "cpu_s_per_image": c.cpu_s_per_image}
+                for c in cells
+            ],
             "capacity": [asdict(p) for p in plans],
         }
         args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return 0 if all(c.errors == 0 for c in cells) else 1
+    return 0 if all(c.load.errors == 0 for c in cells) else 1
 
 
 if __name__ == "__main__":
