@@ -62,8 +62,8 @@ function showProbe(probe, note) {
     return;
   }
   $("probe-state").textContent = probe.flagged
-    ? "FLAGGED: one FGSM step moves the score more than the threshold (looks adversarial)"
-    : "not flagged";
+    ? "FLAGGED: one FGSM step moves the score by more than the gateway's threshold (fragile; may be adversarial)"
+    : "not flagged: one FGSM step moves the score by no more than the gateway's threshold";
   const delta = Number(probe.delta);
   $("delta").textContent = (delta >= 0 ? "+" : "") + delta.toFixed(DIGITS);
   $("adv-score").textContent = Number(probe.adv_score).toFixed(DIGITS);
