@@ -113,6 +113,7 @@ def run_gateway(
     wait_ready: bool = True,
     timeout: float = GATEWAY_START_TIMEOUT_S,
     attempts: int = 3,
+    uvicorn_args: tuple[str, ...] = (),
 ) -> Iterator[GatewayServer]:
     """Run ``uvicorn serving.app:app`` as a subprocess until the ``with`` block ends.
 
@@ -134,6 +135,7 @@ def run_gateway(
                 "127.0.0.1",
                 "--port",
                 str(port),
+                *uvicorn_args,  # e.g. ("--workers", "2")
             ]
             with log_path.open("wb") as log_file:
                 process = subprocess.Popen(

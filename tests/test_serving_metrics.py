@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +102,6 @@ def test_reference_from_metadata() -> None:
 
 
 def test_shipped_model_reference_is_usable() -> None:
-    import json
-
     meta = json.loads((Path(__file__).parents[1] / "model_repository/iqa/2/metadata.json").read_text())
     ref = ReferenceDistribution.from_metadata(meta, bins=10)
     assert ref is not None and ref.scores.size == 600
@@ -303,3 +304,58 @@ def test_metrics_can_be_switched_off(gateway_factory: Callable[..., Any], refere
         response = httpx.get(f"{server.url}/metrics")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def _scores_per_worker(multiproc_dir: Path) -> dict[str, float]:
+    """/score requests each worker counted in its own file (counter_<pid>.db)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    out = {}
+    for path in multiproc_dir.glob("counter_*.db"):
+        total = 0.0
+        for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            _, name, labels, _ = json.loads(key)
+            if name == "iqa_http_requests_total" and labels.get("route") == "/score":
+                total += value
+        out[path.stem.removeprefix("counter_")] = total
+    return out
+
+
+def test_multiprocess_mode_aggregates_every_worker(
+    gateway_factory: Callable[..., Any], reference_repository: Path, tmp_path: Path
+) -> None:
+    """uvicorn --workers 2 with PROMETHEUS_MULTIPROC_DIR: any worker's /metrics counts both workers."""
+    multiproc_dir = tmp_path / "prometheus-multiproc"
+    multiproc_dir.mkdir()
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(multiproc_dir), "IQA_ORT_INTRA_OP_THREADS": "1"}
+    with gateway_factory(reference_repository, env=env, uvicorn_args=("--workers", "2")) as server:
+        deadline = time.monotonic() + 60  # both workers loaded: each wrote its model-info gauge
+        while len(list(multiproc_dir.glob("gauge_livemax_*.db"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(list(multiproc_dir.glob("gauge_livemax_*.db"))) == 2, server.log()[-3000:]
+        n = 40
+
+        def post(seed: int) -> int:
+            with httpx.Client(timeout=30) as client:  # a connection each: the kernel spreads them
+                headers = {"content-type": "image/png"}
+                return client.post(f"{server.url}/score", content=_png(seed), headers=headers).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(post, range(n)))
+        assert codes == [200] * n
+        per_worker = _scores_per_worker(multiproc_dir)
+        assert sum(per_worker.values()) == n, per_worker
+        assert sorted(v > 0 for v in per_worker.values()) == [True, True], per_worker  # both served
+        for _ in range(6):  # whichever worker answers, it reports both workers' requests
+            with httpx.Client() as client:  # a fresh connection per scrape
+                text = client.get(f"{server.url}/metrics").text
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+            }
+            assert samples[("iqa_http_requests_total", (("code", "200"), ("route", "/score")))] == n
+            assert samples[("iqa_score_count", (("mode", "plain"),))] == n
+            assert samples[("iqa_http_requests_in_flight", ())] == 1  # livesum: the scrape itself
+            info = (("architecture", "tiny_iqa"), ("gate", "passed"), ("model", "iqa"), ("version", "1"))
+            assert samples[("iqa_model_info", info)] == 1  # livemax over the two workers
