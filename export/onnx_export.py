@@ -33,6 +33,7 @@ __all__ = [
     "check_onnx_contract",
     "export_onnx",
     "image_dims",
+    "uint8_nhwc_to_float",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class OnnxExportInfo:
     opset: int
 
 
+def uint8_nhwc_to_float(image: torch.Tensor) -> torch.Tensor:
+    """The graphs' input step: uint8 NHWC RGB pixels -> float NCHW in [0, 1] (the IQAModel input)."""
+    return image.to(torch.float32).div(255.0).permute(0, 3, 1, 2)
+
+
 class UInt8ImageScorer(nn.Module):
     """uint8 NHWC RGB pixels -> float NCHW in [0, 1] -> ``model.score`` (N,)."""
 
@@ -68,8 +74,7 @@ class UInt8ImageScorer(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.to(torch.float32).div(255.0).permute(0, 3, 1, 2)
-        return self.model.score(x)
+        return self.model.score(uint8_nhwc_to_float(image))
 
 
 def image_dims() -> tuple[Dim, Dim, Dim]:

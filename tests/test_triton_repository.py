@@ -45,7 +45,7 @@ def test_every_config_is_a_valid_model_config() -> None:
     configs = sorted(MODEL_REPOSITORY.glob("*/config.pbtxt")) + sorted(
         MODEL_REPOSITORY.glob("*/configs/*.pbtxt")
     )
-    assert len(configs) == 7
+    assert len(configs) == 10  # iqa (4), iqa_image, iqa_preprocess, iqa_postprocess, iqa_probe (3)
     for path in configs:
         config = _parse(path)
         assert config.name == path.parent.name if path.name == "config.pbtxt" else path.parent.parent.name

@@ -11,6 +11,13 @@ so nothing here is imported by the project itself; ``export/triton_repository.py
   ONNX Runtime, for Triton builds without the onnxruntime backend (the PyPI wheel).
 - ``postprocess.py`` -> ``<name>_postprocess``: crop scores -> one score per image (the gateway's
   mean of the crop scores, clamped to the score range).
+- ``probe.py``      -> ``<name>_probe`` under ``configs/cpu.pbtxt``: the FGSM self-probe graph
+  (export/probe_graph.py) through ONNX Runtime.
 """
 
-SOURCES = {"preprocess": "preprocess.py", "scorer": "scorer.py", "postprocess": "postprocess.py"}
+SOURCES = {
+    "preprocess": "preprocess.py",
+    "scorer": "scorer.py",
+    "postprocess": "postprocess.py",
+    "probe": "probe.py",
+}

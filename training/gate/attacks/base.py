@@ -102,9 +102,8 @@ def quantize_in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float | None) ->
     hi_level = torch.floor(hi * 255.0 + _GRID_TOL)
     q = torch.round(x_adv * 255.0)
     q = torch.min(torch.max(q, lo_level), hi_level)
-    empty = lo_level > hi_level
-    if bool(empty.any()):
-        q = torch.where(empty, torch.round(x * 255.0), q)
+    # Branch-free (no data-dependent ``if``), so the online probe can trace this function into a graph.
+    q = torch.where(lo_level > hi_level, torch.round(x * 255.0), q)
     return q.clamp(0.0, 255.0) / 255.0
 
 

@@ -8,6 +8,11 @@ prediction (Eq. S21-S22).
   (α > ε, so the step is clipped to ε·sign(∇ₓL)). On the 8-bit grid ε = 0.005 is a 1/255 step.
 * ``ifgsm``: K steps of size α, each projected onto the ε-ball and [0, 1] (Eq. S19); α defaults to
   2.5·ε/K (the Madry et al. rule, so the iterate can reach the boundary and move along it).
+
+``fgsm_step`` is FGSM's one step and ``fgsm_probe`` the whole delivered attack with its scores (clean,
+adversarial, perturbation): the gateway's online probe is ``fgsm_probe`` traced into an ONNX graph
+(export/probe_export.py), so the gate and the probe run the same code. The step takes one forward
+pass: at x' = x the clean prediction y = f(x) is the output of the forward the gradient goes through.
 """
 
 from __future__ import annotations
@@ -18,12 +23,23 @@ import torch
 from torch import nn
 
 from training.gate.attacks._registry import register_attack
-from training.gate.attacks.base import Attack, score_midpoint, sign_ascent
-from training.gate.attacks.objectives import check_objective, make_objective
+from training.gate.attacks.base import (
+    Attack,
+    project_linf,
+    quantize_in_ball,
+    score_midpoint,
+    served_scores,
+    sign_ascent,
+)
+from training.gate.attacks.objectives import Objective, check_objective, make_objective
 from training.gate.attacks.quality import adversarial_quality, score_images
 from training.gate.tensors import predict
 
-__all__ = ["FGSM", "IFGSM", "intensity_sweep"]
+__all__ = ["FGSM", "IFGSM", "fgsm_probe", "fgsm_step", "intensity_sweep"]
+
+# FGSM's parameters (NT paper, Table S7); the gate's FGSM row and the gateway's probe both use them.
+FGSM_EPS = 0.005
+FGSM_ALPHA = 0.01
 
 
 @register_attack
@@ -69,8 +85,51 @@ class FGSM(IFGSM):
 
     name: ClassVar[str] = "fgsm"
 
-    def __init__(self, eps: float = 0.005, alpha: float = 0.01, objective: str = "mid") -> None:
+    def __init__(self, eps: float = FGSM_EPS, alpha: float = FGSM_ALPHA, objective: str = "mid") -> None:
         super().__init__(eps=eps, steps=1, alpha=alpha, objective=objective)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        assert self.eps is not None
+        objective = make_objective(self.objective, score_midpoint(model))
+        return fgsm_step(model, x, objective, self.eps, self.alpha)[1]
+
+
+def fgsm_step(
+    model: nn.Module, x: torch.Tensor, objective: Objective, eps: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One FGSM step from x: (y, Π_ε(x + α·sign ∇ₓ objective(f(x), y))) with y = f(x) the raw clean
+    prediction (N,), detached. One forward pass serves both y and the gradient (the label of the
+    objective is the prediction at the point the gradient is taken, as in ``sign_ascent``'s first
+    step); the result is continuous (``Attack.deliver`` / ``fgsm_probe`` put it on the 8-bit grid)."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        pred = predict(model, x_in)
+        y = pred.detach()
+        (grad,) = torch.autograd.grad(objective(pred, y).sum(), x_in)
+    return y, project_linf(x + alpha * grad.sign(), x, eps)
+
+
+def fgsm_probe(
+    model: nn.Module,
+    x: torch.Tensor,
+    eps: float = FGSM_EPS,
+    alpha: float = FGSM_ALPHA,
+    objective: str = "mid",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gate's FGSM on ``x`` (float N×3×H×W in [0, 1] on the model's device, model in eval mode)
+    with its scores: (clean served score (N,), served score of the delivered FGSM image (N,),
+    perturbation x_adv − x (N×3×H×W, on the 8-bit grid within ±ε)).
+
+    Equals ``FGSM(eps, alpha, objective)(model, x)`` (test_probe_export.py checks it) without
+    ``validate_images``' data-dependent checks, so ``make_fx`` can trace it with a symbolic batch."""
+    cfg = getattr(model, "preprocess_cfg", None)
+    objective_fn = make_objective(check_objective(objective), score_midpoint(model))
+    y, x_step = fgsm_step(model, x, objective_fn, eps, alpha)
+    x_adv = quantize_in_ball(x_step, x, eps)
+    clean = y.clamp(float(cfg.score_min), float(cfg.score_max)) if cfg is not None else y
+    with torch.no_grad():
+        adv = served_scores(model, x_adv)
+    return clean, adv, x_adv - x
 
 
 def intensity_sweep(
