@@ -52,7 +52,8 @@ _OPENAPI_BODY = {
                     "type": "object",
                     "properties": {FILE_FIELD: {"type": "string", "format": "binary"}},
                     "required": [FILE_FIELD],
-                }
+                },
+                "encoding": {FILE_FIELD: {"contentType": "image/*, application/octet-stream"}},
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
