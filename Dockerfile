@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The IQA gateway image: FastAPI + ONNX Runtime (+ the Triton gRPC client for IQA_BACKEND=triton), the
 # default model inside, no PyTorch. docs/DEPLOY.md. Build and run:
-#   docker build -t robust-iqa-gateway:0.1.0 .
+#   docker build -t robust-iqa-gateway:0.1.0 .        (linux/amd64: the lock's hashes are for x86_64 wheels)
 #   docker run --rm -p 8080:8080 robust-iqa-gateway:0.1.0
 # Every gateway setting is an IQA_* environment variable (docs/SERVING.md).
 # tests/test_deploy_image.py lints this file (hadolint), replays its COPY and RUN steps in a fresh venv
