@@ -157,7 +157,7 @@ def test_plan_keeps_to_the_models_own_score_range() -> None:
             return 200.0 * x.flatten(1).mean(1) - 40.0
 
     bare = Bare()
-    x = torch.tensor([0.1, 0.3, 0.5, 0.7]).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()  # -20 … 100
+    x = torch.tensor([0.1, 0.3, 0.5, 0.8]).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()  # -20 … 120
     (targets,) = RankingAttack(reach=None).plan(bare, [x])
     assert torch.allclose(targets, plan_targets(bare(x), torch.full((4,), 100.0), (0.0, 100.0)), atol=1e-4)
     assert float(targets.min()) == pytest.approx(0.0) and float(targets.max()) == pytest.approx(100.0)

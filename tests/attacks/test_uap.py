@@ -21,7 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tile_to_repeats_the_pattern_periodically_and_crops() -> None:
-    for p in (torch.arange(18.0).view(3, 2, 3), torch.arange(12.0).view(3, 2, 2)):
+    for shape in ((3, 2, 3), (3, 4, 2), (3, 2, 2)):  # wide, tall, square
+        p = torch.arange(float(shape[0] * shape[1] * shape[2])).view(shape)
         out = tile_to(p, 5, 7)
         assert out.shape == (3, 5, 7)
         rows = torch.arange(5) % p.shape[1]
