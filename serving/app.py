@@ -25,6 +25,7 @@ from serving.errors import ModelLoadError, install_exception_handlers
 from serving.limits import ScoringLimiter
 from serving.model_store import resolve_model_version
 from serving.pipeline import Scorer
+from serving.probe import load_prober
 from serving.request_metrics import RequestMetricsMiddleware
 from serving.routes import health, score, ui
 from serving.routes import metrics as metrics_route
@@ -51,6 +52,7 @@ def load_scorer(settings: Settings) -> Scorer:
         decode_timeout_s=settings.decode_timeout_s,
     )
     scorer.warm_up()
+    scorer.prober = load_prober(model, settings)  # None when the version has no <name>_probe
     return scorer
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from serving.backends.base import Backend
 from serving.errors import DeadlineExceeded, ImageTooSmall, InternalError, InvalidImage, TooLarge
+from serving.probe import Prober, ProbeResult, ProbeUnavailable
 from serving.robust_modes import RobustMode
 from training.preprocessing import (
     ImageDecodeError,
@@ -43,6 +44,7 @@ class ScoreResult:
     mode: str = "plain"
     bounds: tuple[float, float] | None = None
     radius: float | None = None
+    probe: ProbeResult | None = None  # the FGSM self-probe (serving/probe.py), when it ran
 
 
 @contextmanager
@@ -71,12 +73,16 @@ class Scorer:
         self.max_pixels = min(cfg.max_pixels, max_pixels) if max_pixels else cfg.max_pixels
         self.min_side = max(int(min_side), 1)  # IQA_MIN_IMAGE_SIDE: smaller images get 422
         self.decode_timeout_s = decode_timeout_s  # IQA_DECODE_TIMEOUT_S: checked when the decode ends
+        self.prober: Prober | None = None  # the FGSM self-probe (serving/probe.py); set by the app
 
-    def score(self, data: bytes, robust: RobustMode | None = None) -> ScoreResult:
+    def score(
+        self, data: bytes, robust: RobustMode | None = None, probe: bool = False, perturbation: bool = False
+    ) -> ScoreResult:
         """Run every stage; raises InvalidImage / TooLarge for bad input, never a bare decoder error.
-        ``robust`` (serving/robust_modes.py) replaces plain inference by a defended score."""
+        ``robust`` (serving/robust_modes.py) replaces plain inference by a defended score; ``probe``
+        adds the FGSM self-probe of the eval crops (stage "probe"; ``perturbation``: with its PNG)."""
         if robust is not None:
-            return self._score_robust(data, robust)
+            return self._score_robust(data, robust, probe, perturbation)
         timings: dict[str, float] = {}
         with _timed(timings, "decode"):
             image = self._decode(data)
@@ -88,9 +94,20 @@ class Scorer:
             scores = np.asarray(self.backend.infer(crops), dtype=np.float32).reshape(-1)
         with _timed(timings, "postprocess"):
             score = self._postprocess(scores, len(crops))
-        return ScoreResult(score=score, crops=len(crops), timings=timings)
+        found = self._probe(timings, crops, score, perturbation) if probe else None
+        return ScoreResult(score=score, crops=len(crops), timings=timings, probe=found)
 
-    def _score_robust(self, data: bytes, robust: RobustMode) -> ScoreResult:
+    def _probe(
+        self, timings: dict[str, float], crops: np.ndarray, score: float | None, perturbation: bool
+    ) -> ProbeResult:
+        if self.prober is None:
+            raise ProbeUnavailable("this model version has no probe model (<name>_probe/<version>)")
+        with _timed(timings, "probe"):
+            return self.prober.run(crops, score, perturbation)
+
+    def _score_robust(
+        self, data: bytes, robust: RobustMode, probe: bool = False, perturbation: bool = False
+    ) -> ScoreResult:
         timings: dict[str, float] = {}
         with _timed(timings, "decode"):
             image = self._decode(data)
@@ -103,10 +120,12 @@ class Scorer:
         with _timed(timings, "postprocess"):
             score = self._postprocess(np.asarray([outcome.score], dtype=np.float64), 1)
         cert = outcome.certificate
+        # the probe measures the model at the image's plain crops, against its own clean pass
+        found = self._probe(timings, eval_crops(canonical, self.cfg), None, perturbation) if probe else None
         return ScoreResult(
             score=score, crops=self.cfg.num_eval_crops, timings=timings, mode=robust.name,
             bounds=(cert.lower, cert.upper) if cert is not None else None,
-            radius=cert.radius if cert is not None else None,
+            radius=cert.radius if cert is not None else None, probe=found,
         )
 
     def warm_up(self) -> None:
