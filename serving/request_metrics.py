@@ -1,15 +1,18 @@
 """ASGI middleware: request count by route template and status, whole-request duration, in-flight.
 
 A plain ASGI middleware (no ``BaseHTTPMiddleware``: no extra task or body copy per request). The route
-label is the matched route's template (``/score``), set by Starlette's router on the scope, so a
-client cannot create label values; unmatched paths share the label ``unmatched``. When metrics are off
+label is the matched route's template (``/score``), set by Starlette's router on the scope, or, for a
+request answered before routing, the template its path matches; so a client cannot create label
+values, and unknown paths share the label ``unmatched``. When metrics are off
 (``serving.metrics.active()`` is None) it only passes the request on.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
@@ -18,12 +21,35 @@ __all__ = ["RequestMetricsMiddleware", "route_label"]
 
 
 def route_label(scope: Scope) -> str:
-    """The template of the route that handled ``scope`` (mounts prefix their own path)."""
+    """The template of the route that handled ``scope``; for a request answered before routing (e.g.
+    401 from the API-key middleware) the template of the app route its path matches."""
     route = scope.get("route")
+    if route is None:
+        route = _matching_route(scope)
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return metrics.UNMATCHED_ROUTE
     return f"{scope.get('root_path', '')}{path}" if scope.get("root_path") else path
+
+
+def _leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI's wrapper of an included router
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
+
+
+def _matching_route(scope: Scope) -> BaseRoute | None:
+    partial = None
+    for route in _leaf_routes(getattr(scope.get("app"), "routes", ())):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route  # right path, other method (405)
+    return partial
 
 
 class RequestMetricsMiddleware:

@@ -306,6 +306,26 @@ def test_metrics_can_be_switched_off(gateway_factory: Callable[..., Any], refere
     assert response.json()["error"]["code"] == "not_found"
 
 
+def test_requests_answered_before_routing_keep_their_route_label(
+    gateway_factory: Callable[..., Any], reference_repository: Path
+) -> None:
+    """A 401 from the API-key middleware (before the router) is counted under its route template."""
+    with gateway_factory(reference_repository, env={"IQA_API_KEYS": "s3cret-key"}) as server:
+        r = httpx.post(f"{server.url}/score", content=_png(0), headers={"content-type": "image/png"})
+        assert r.status_code == 401
+        assert httpx.get(f"{server.url}/score").status_code == 401
+        assert httpx.get(f"{server.url}/ui/../../etc/passwd").status_code in (401, 404)
+        text = httpx.get(f"{server.url}/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert samples[("iqa_http_requests_total", (("code", "401"), ("route", "/score")))] == 2
+    routes = {labels[1][1] for name, labels in samples if name == "iqa_http_requests_total"}
+    assert routes <= {"/score", "/readyz", "/ui/{name}", "unmatched"}, routes  # never a raw path
+
+
 def _scores_per_worker(multiproc_dir: Path) -> dict[str, float]:
     """/score requests each worker counted in its own file (counter_<pid>.db)."""
     from prometheus_client.mmap_dict import MmapedDict

@@ -8,10 +8,11 @@ locally and fails under CI=true.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage")
 WAIT_S = 30.0
+SHIPPED_REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 
 
 class _References(HTMLParser):
@@ -210,3 +212,63 @@ def test_page_shows_the_api_error_of_a_non_image(
     error = api.json()["error"]
     assert _text(browser, "error") == f"Error 400 {error['code']}: {error['message']}"
     assert not browser.find_element("id", "result").is_displayed()
+
+
+def test_page_sends_the_api_key(
+    browser: WebDriver,
+    gateway_factory: Callable[..., contextlib.AbstractContextManager[GatewayServer]],
+    tiny_model_repository: Path,
+    tmp_path: Path,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    data = _png(seed=5)
+    path = tmp_path / "keyed.png"
+    path.write_bytes(data)
+    env = {"IQA_API_KEYS": "page-test-key", "IQA_ORT_INTRA_OP_THREADS": "1"}
+    with gateway_factory(tiny_model_repository, env=env) as server:
+        _score_in_page(browser, server, path)  # the page itself is open; its /score call needs the key
+        assert _text(browser, "error").startswith("Error 401 unauthorized: a valid API key is required")
+
+        browser.find_element(By.ID, "api-key").send_keys("page-test-key")
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, WAIT_S).until(lambda d: d.find_element(By.ID, "result").is_displayed())
+        expected = httpx.post(
+            f"{server.url}/score",
+            content=data,
+            headers={"Content-Type": "image/png", "X-API-Key": "page-test-key"},
+            timeout=30,
+        ).json()
+    assert _text(browser, "error") == ""
+    assert _text(browser, "score") == f"{expected['score']:.2f}"
+
+
+def test_page_shows_the_probe_of_the_shipped_model(
+    browser: WebDriver,
+    gateway_factory: Callable[..., contextlib.AbstractContextManager[GatewayServer]],
+    tmp_path: Path,
+) -> None:
+    """The shipped repository has the FGSM probe (``iqa_probe``): delta, flag and the perturbation."""
+    data = _png(seed=6, size=(160, 120))
+    path = tmp_path / "probed.png"
+    path.write_bytes(data)
+    with gateway_factory(SHIPPED_REPOSITORY, env={"IQA_ORT_INTRA_OP_THREADS": "1"}) as server:
+        _score_in_page(browser, server, path)
+        api = httpx.post(
+            f"{server.url}/score?probe=true&perturbation=true",
+            content=data,
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        ).json()
+    assert _text(browser, "error") == ""
+    assert _text(browser, "score") == f"{api['score']:.2f}"
+    probe = api["probe"]
+    assert _text(browser, "delta") == f"{'+' if probe['delta'] >= 0 else ''}{probe['delta']:.2f}"
+    assert _text(browser, "adv-score") == f"{probe['adv_score']:.2f}"
+    assert _text(browser, "probe-state").startswith("FLAGGED" if probe["flagged"] else "not flagged")
+    perturbation = Image.open(io.BytesIO(base64.b64decode(probe["perturbation_png"])))
+    assert perturbation.width > 0
+    assert _natural_width(browser, "perturbation") == perturbation.width
+    shown = browser.find_element("id", "perturbation").get_attribute("src")
+    assert shown == f"data:image/png;base64,{probe['perturbation_png']}"
