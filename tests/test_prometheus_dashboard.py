@@ -1,10 +1,11 @@
 """The committed Prometheus config, alert rules and Grafana dashboard, proven on a real Prometheus.
 
 Debian's ``promtool`` checks the config and the rules and runs their unit tests. Then Debian's
-``prometheus`` scrapes, every second, a real gateway (uvicorn, the tiny model, a reference distribution
-in its metadata.json) and a real tritonserver (the wheel's, the committed ``iqa`` model) that have both
-served traffic. Every dashboard panel's query and every alert's query must return data, and the drift
-alert must stay quiet on an in-distribution stream and fire on a shifted one.
+``prometheus`` scrapes, every second, a real gateway (uvicorn, a tiny scorer with its FGSM probe, a
+reference distribution in its metadata.json) and a real tritonserver (the wheel's, the committed
+``iqa`` model) that have both served traffic. Every dashboard panel's query and every alert's query
+must return data, and the drift alert must stay quiet on an in-distribution stream and fire on a
+shifted one.
 """
 
 from __future__ import annotations
@@ -30,14 +31,8 @@ from serving.backends.onnxruntime_backend import OnnxRuntimeBackend
 from serving.drift import DriftWindow, ReferenceDistribution
 from serving.metrics import GatewayMetrics
 from serving.pipeline import Scorer
-from tests.conftest import (
-    TINY_MODEL_NAME,
-    TINY_PREPROCESS,
-    GatewayServer,
-    free_port,
-    run_gateway,
-    write_model_version,
-)
+from tests.conftest import TINY_MODEL_NAME, GatewayServer, free_port, run_gateway
+from tests.probe_fixtures import PROBE_PREPROCESS, write_probe_repository
 from tests.prometheus_fixtures import (
     DASHBOARD,
     PROMETHEUS_DIR,
@@ -161,21 +156,19 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def drift_repository(
-    tiny_model_repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, list[float]]:
-    """The tiny model whose reference distribution is its own scores on 400 clean photos."""
-    onnx_file = tiny_model_repository / "tiny.onnx"
-    backend = OnnxRuntimeBackend(onnx_file, ModelInfo(TINY_MODEL_NAME, 1, "tiny_iqa"), intra_op_threads=1)
+def drift_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]:
+    """A tiny scorer with its probe (tests/probe_fixtures.py) whose metadata.json reference
+    distribution is the scorer's own scores on 400 clean photos."""
+    root = write_probe_repository(tmp_path_factory.mktemp("drift_repository"))
+    version = root / TINY_MODEL_NAME / "1"
+    backend = OnnxRuntimeBackend(version / "model.onnx", ModelInfo(TINY_MODEL_NAME, 1), intra_op_threads=1)
     backend.load()
-    scorer = Scorer(backend, TINY_PREPROCESS)
+    scorer = Scorer(backend, PROBE_PREPROCESS)
     reference = [scorer.score(png(photo(seed))).score for seed in REFERENCE_SEEDS]
     backend.close()
-    root = tmp_path_factory.mktemp("drift_repository")
-    write_model_version(
-        root, TINY_MODEL_NAME, 1, onnx_file, TINY_PREPROCESS,
-        reference_distribution={"scores": reference, "n": len(reference)}, gate={"passed": True},
-    )  # fmt: skip
+    meta = json.loads((version / "metadata.json").read_text(encoding="utf-8"))
+    meta.update(reference_distribution={"scores": reference, "n": len(reference)}, gate={"passed": True})
+    (version / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
     return root, reference
 
 
@@ -207,6 +200,7 @@ def _serve_traffic(
         for i, seed in enumerate(seeds):
             body = _score(client, gateway, png(photo(seed)), probe=i % 10 == 0)
             clean_scores.append(body["score"])
+            assert ("probe" in body) == (i % 10 == 0), body
             probed += "probe" in body
             if i % 20 == 0:
                 bad = client.post(
@@ -261,12 +255,11 @@ def test_every_panel_and_alert_query_returns_data(stack: Stack) -> None:
     empty = []
     for name, promql in queries.items():
         result = stack.prometheus.query(promql)
-        # without a probe graph for this model the probe series exist but their rates are 0/0
-        ok = bool(result) if "probe" in promql and stack.probed == 0 else _has_data(result)
-        if not ok:
+        if not _has_data(result):
             empty.append(f"{name}: {promql} -> {result}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
     assert len(queries) >= 25
+    assert stack.probed == 1 + 12  # every 10th request of the two rounds (5 and 115 requests)
 
 
 def _psi_of(reference: list[float], scores: list[float]) -> float:
