@@ -24,6 +24,7 @@ from serving.backends.base import ModelInfo
 from serving.drift import PSI_EPSILON, DriftWindow, ReferenceDistribution, ks_statistic, psi
 from serving.metrics import SCORE_BUCKETS, DriftConfig, GatewayMetrics, gate_verdict
 from serving.pipeline import ScoreResult
+from serving.probe import ProbeResult
 from tests.conftest import TINY_MODEL_NAME, TINY_PREPROCESS, write_model_version
 
 # -- PSI and KS ------------------------------------------------------------------------------------
@@ -112,38 +113,9 @@ def test_shipped_model_reference_is_usable() -> None:
 # -- GatewayMetrics on a private registry ---------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class _ContractProbe:
-    """The contract's ProbeResult fields (serving/probe.py), for when that module is not there."""
-
-    adv_score: float
-    delta: float
-    epsilon: float
-    flagged: bool
-    perturbation_png: bytes | None = None
-
-
-def _with(result: ScoreResult, **extra: Any) -> Any:
-    """``result`` with the contract's optional fields (``probe``, ``mode``): the real ScoreResult
-    fields where its owners have added them, else a subclass carrying them."""
-    if set(extra) <= {f.name for f in dataclasses.fields(ScoreResult)}:
-        return dataclasses.replace(result, **extra)
-
-    @dataclasses.dataclass(frozen=True)
-    class _Extended(ScoreResult):
-        probe: Any = None
-        mode: str = "plain"
-
-    return _Extended(score=result.score, crops=result.crops, timings=result.timings, **extra)
-
-
-def _probed(result: ScoreResult, delta: float, flagged: bool) -> Any:
-    try:
-        from serving.probe import ProbeResult  # type: ignore[import-not-found]
-    except ImportError:
-        ProbeResult = _ContractProbe
+def _probed(result: ScoreResult, delta: float, flagged: bool) -> ScoreResult:
     probe = ProbeResult(adv_score=result.score + delta, delta=delta, epsilon=1 / 255, flagged=flagged)
-    return _with(result, probe=probe)
+    return dataclasses.replace(result, probe=probe)
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
@@ -199,7 +171,7 @@ def test_drift_gauges_follow_the_window_and_ignore_robust_modes() -> None:
     assert _value(registry, "iqa_score_drift_window_scores", model="iqa") == 20
     # median-mode scores are recorded in iqa_score{mode="median"} but never enter the drift window
     for _ in range(30):
-        m.observe_result(_with(ScoreResult(score=10.0, crops=5), mode="median"))
+        m.observe_result(ScoreResult(score=10.0, crops=5, mode="median"))
     assert _value(registry, "iqa_score_count", mode="median") == 30
     assert _value(registry, "iqa_score_drift_window_scores", model="iqa") == 20
     # reference-like scores push the shifted ones out of the window: KS falls back near 0
