@@ -30,7 +30,7 @@ from PIL import Image
 
 from clients.http_load import LoadResult, percentile, run_closed_loop
 
-__all__ = ["main", "rss_mb", "soak"]
+__all__ = ["main", "photo", "rss_mb", "soak"]
 
 
 def rss_mb(pid: int) -> float:
@@ -40,7 +40,7 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def _photo(width: int = 640, height: int = 480) -> bytes:
+def photo(width: int = 640, height: int = 480) -> bytes:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:height, 0:width]
     base = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (width + height)], -1)
@@ -71,7 +71,7 @@ def soak(
         "IQA_QUEUE_TIMEOUT_S": "30",
         "IQA_LOG_LEVEL": "warning",
     }
-    data = _photo()
+    data = photo()
     total = LoadResult()
     with run_gateway(repository, env=env) as server:
         warm = run_closed_loop(server.url, data, concurrency=concurrency, requests=warmup)
