@@ -53,12 +53,17 @@ def _modes(settings: Settings, median_ns: Sequence[int]) -> dict[str, RobustMode
 def measure(
     scorer: Scorer, images: Sequence[bytes], modes: dict[str, RobustMode | None], repeats: int
 ) -> dict[str, dict[str, float]]:
-    """Median ms per image per stage (and "total") of every mode, over images x repeats."""
+    """Median ms per image per stage (and "total") of every mode, over images x repeats. The modes
+    take turns on each image, so a change in the machine's load hits them alike."""
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in modes}
+    for _ in range(repeats):
+        for data in images:
+            for name, mode in modes.items():
+                runs[name].append(scorer.score(data, mode).timings)
     out: dict[str, dict[str, float]] = {}
-    for name, mode in modes.items():
-        runs = [scorer.score(data, mode).timings for data in images for _ in range(repeats)]
-        stages = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
-        stages["total"] = statistics.median(sum(r.values()) for r in runs) * 1e3
+    for name, timings in runs.items():
+        stages = {k: statistics.median(r[k] for r in timings) * 1e3 for k in timings[0]}
+        stages["total"] = statistics.median(sum(r.values()) for r in timings) * 1e3
         out[name] = stages
     return out
 

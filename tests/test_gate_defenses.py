@@ -30,7 +30,7 @@ DEFENSES = {
     "modes": {
         "plain": {},
         "median": {"n": 16, "sigma": 0.05, "radius": 0.025, "alpha": 0.05, "attack_copies": 2, "seed": 0},
-        "jpeg": {"quality": 75},
+        "jpeg": {"quality": 75, "max_images": 6},
     },
 }
 
@@ -59,9 +59,12 @@ def test_every_defense_meets_every_listed_attack(report: dict[str, Any]) -> None
     assert [(r["defense"], r["attack"]) for r in section["rows"]] == [
         (d, a) for d in ("plain", "median", "jpeg") for a in ("fgsm", "pgd_2")]
     for row in section["rows"]:
-        assert row["n_images"] == 10 and len(row["adv_scores"]) == 10
+        n = 6 if row["defense"] == "jpeg" else 10  # the jpeg entry's own max_images
+        assert row["n_images"] == n and len(row["adv_scores"]) == n
         assert -1 <= row["clean_srocc"] <= 1 and -1 <= row["adv_srocc"] <= 1
         assert row["rmse_clean_vs_adv"] >= row["mean_abs_delta"] > 0  # RMSE >= mean |Δ|; attacks act
+        std = np.std(section["defenses"][row["defense"]]["clean_scores"])
+        assert row["rel_rmse"] == pytest.approx(row["rmse_clean_vs_adv"] / std)
     assert section["defenses"]["jpeg"]["gradient"].startswith("BPDA")
 
 
@@ -81,7 +84,7 @@ def test_median_certificate_and_jpeg_scores(report: dict[str, Any]) -> None:
     assert cert["abstained"] == 0
     assert cert["mean_lower"] <= float(np.mean(median["clean_scores"])) <= cert["mean_upper"]
     assert 0 < cert["mean_cert_rd"] < 1
-    plain = np.asarray(report["defenses"]["defenses"]["plain"]["clean_scores"])
+    plain = np.asarray(report["defenses"]["defenses"]["plain"]["clean_scores"])[:6]  # jpeg: 6 images
     jpeg = np.asarray(report["defenses"]["defenses"]["jpeg"]["clean_scores"])
     assert not np.allclose(plain, jpeg) and np.abs(plain - jpeg).mean() < 10  # purified, not destroyed
 
@@ -134,3 +137,14 @@ def test_defended_scorers_match_the_served_modes(data) -> None:
     certs = median.certify(x)
     assert all(c.lower <= c.median <= c.upper for c in certs) and all(c.n == 8 for c in certs)
 
+
+
+def test_rel_rmse_is_derived_for_older_reports(report: dict[str, Any]) -> None:
+    from training.gate.evaluation import add_derived_metrics
+
+    old = copy.deepcopy(report)
+    for row in old["defenses"]["rows"]:
+        del row["rel_rmse"]
+    add_derived_metrics(old)
+    assert [r["rel_rmse"] for r in old["defenses"]["rows"]] == pytest.approx(
+        [r["rel_rmse"] for r in report["defenses"]["rows"]])

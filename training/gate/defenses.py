@@ -49,10 +49,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFENSE_KEYS = {"enabled", "required", "max_images", "attacks", "modes"}
-_MODE_PARAMS = {
-    "plain": set(),
-    "median": {"n", "sigma", "radius", "alpha", "attack_copies", "seed"},
-    "jpeg": {"quality"},
+_MODE_PARAMS = {  # max_images: a cap on the section's images for this defense (median is costly)
+    "plain": {"max_images"},
+    "median": {"n", "sigma", "radius", "alpha", "attack_copies", "seed", "max_images"},
+    "jpeg": {"quality", "max_images"},
 }
 
 
@@ -124,6 +124,7 @@ def build_defense(mode: str, scorer: CropScorer, params: dict[str, Any]) -> nn.M
     unknown = set(params) - _MODE_PARAMS[mode]
     if unknown:
         raise ValueError(f"defense {mode!r}: unknown parameter(s) {sorted(unknown)}")
+    params = {k: v for k, v in params.items() if k != "max_images"}
     if mode == "median":
         return MedianSmoothedScorer(scorer, **params)
     if mode == "jpeg":
@@ -194,6 +195,8 @@ def _rows(mode: str, defense: nn.Module, section: dict[str, Any], ctx: EvalConte
             "clean_srocc": clean_m["srocc"], "clean_plcc": clean_m["plcc"],
             "adv_srocc": iqa_metrics(adv, data.mos)["srocc"],
             "rmse_clean_vs_adv": before_after["rmse"],
+            # scale-free: a defense that squeezes every score into a narrow band looks robust in points
+            "rel_rmse": before_after["rmse"] / max(float(np.std(clean)), 1e-12),
             "mean_abs_delta": float(np.abs(adv - clean).mean()),
             "adv_scores": adv.tolist(), "seconds": time.perf_counter() - t0,
         })
@@ -216,8 +219,9 @@ def run_defenses(ctx: EvalContext) -> dict[str, Any]:
     try:
         for mode, params in (section.get("modes") or {}).items():
             defense = build_defense(str(mode), ctx.scorer, dict(params or {}))
+            cap = (params or {}).get("max_images")
             with eval_mode(ctx.scorer):
-                rows, summary = _rows(str(mode), defense, section, ctx, data)
+                rows, summary = _rows(str(mode), defense, section, ctx, data.head(cap) if cap else data)
             result["rows"] += rows
             result["defenses"][mode] = {"params": dict(params or {}), **summary}
     except Exception as exc:  # reported (and failing only when required), never a crash of the report

@@ -105,8 +105,9 @@ def plcc_logistic_summary(report: dict[str, Any]) -> dict[str, Any]:
 
 def add_derived_metrics(report: dict[str, Any]) -> dict[str, Any]:
     """Fill in metrics that are functions of the stored per-image scores (the clean score spread, the
-    relative RMSE of each attack, the images on R's floor) and of the stored metrics (where the PLCC
-    logistic fit failed) where a report measured by an older version lacks them; in place."""
+    relative RMSE of each attack and defense row, the images on R's floor) and of the stored metrics
+    (where the PLCC logistic fit failed) where a report measured by an older version lacks them; in
+    place."""
     served = report.get("clean", {}).get("served")
     scores = report.get("clean", {}).get("scores")
     if isinstance(served, dict) and scores and "score_std" not in served:
@@ -119,6 +120,11 @@ def add_derived_metrics(report: dict[str, Any]) -> dict[str, Any]:
             metrics["rel_rmse"] = relative_rmse(per_image["clean"], per_image["adv"])
         if "r_floor_hits" not in metrics:
             metrics["r_floor_hits"] = r_floor_hits(per_image["clean"], per_image["adv"])
+    defenses = report.get("defenses") or {}
+    for row in defenses.get("rows") or []:  # defense rows measured before rel_rmse was recorded
+        clean = (defenses.get("defenses", {}).get(row["defense"]) or {}).get("clean_scores")
+        if "rel_rmse" not in row and clean:
+            row["rel_rmse"] = row["rmse_clean_vs_adv"] / max(float(np.std(clean)), 1e-12)
     if "plcc_logistic" not in report:
         report["plcc_logistic"] = plcc_logistic_summary(report)
     return report

@@ -233,10 +233,10 @@ def defense_table(report: Mapping[str, Any]) -> str | None:
     if section.get("status") != "ok":
         return None
     header = ["defense", "attack", "images", "clean SROCC", "clean PLCC", "attacked SROCC",
-              "RMSE before/after", "mean abs Δ", "attack gradient"]
+              "RMSE before/after", "RMSE ÷ clean score std", "mean abs Δ", "attack gradient"]
     rows = [
         [r["defense"], r["attack"], str(r["n_images"]), fmt(r["clean_srocc"]), fmt(r["clean_plcc"]),
-         fmt(r["adv_srocc"]), fmt(r["rmse_clean_vs_adv"]), fmt(r["mean_abs_delta"]),
+         fmt(r["adv_srocc"]), fmt(r["rmse_clean_vs_adv"]), fmt(r.get("rel_rmse")), fmt(r["mean_abs_delta"]),
          str((section.get("defenses", {}).get(r["defense"]) or {}).get("gradient", ""))]
         for r in section.get("rows", [])
     ]
