@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import socket
 import statistics
@@ -158,6 +159,11 @@ def scraping(url: str, interval: float) -> Iterator[list[int]]:
         thread.join()
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b; NaN when b is 0 (a round shorter than one CPU clock tick)."""
+    return a / b if b > 0 else math.nan
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-repository", default="model_repository")
@@ -217,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for name, seconds in (("cpu", cpu), ("wall", wall)):
         per_image = {k: [1000 * s / args.requests for s in v] for k, v in seconds.items()}
-        ratio = sum(seconds["on"]) / sum(seconds["off"])
-        round_ratios = [a / b for a, b in zip(seconds["on"], seconds["off"], strict=True)]
+        ratio = _ratio(sum(seconds["on"]), sum(seconds["off"]))
+        round_ratios = [_ratio(a, b) for a, b in zip(seconds["on"], seconds["off"], strict=True)]
         result[name] = {
             "ms_per_image_on": statistics.fmean(per_image["on"]),
             "ms_per_image_off": statistics.fmean(per_image["off"]),
@@ -232,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| round | on | off | on ÷ off |")
         print("|---|---|---|---|")
         for r, (a, b) in enumerate(zip(per_image["on"], per_image["off"], strict=True)):
-            print(f"| {r} | {a:.2f} | {b:.2f} | {a / b:.3f} |")
+            print(f"| {r} | {a:.2f} | {b:.2f} | {_ratio(a, b):.3f} |")
         print(
             f"{name}: metrics on ÷ off {ratio:.4f} ({100 * (ratio - 1):+.2f}%), "
             f"median round ratio {statistics.median(round_ratios):.4f}; target <= 1.02"

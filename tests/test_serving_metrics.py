@@ -351,3 +351,21 @@ def test_multiprocess_mode_aggregates_every_worker(
             assert samples[("iqa_http_requests_in_flight", ())] == 1  # livesum: the scrape itself
             info = (("architecture", "tiny_iqa"), ("gate", "passed"), ("model", "iqa"), ("version", "1"))
             assert samples[("iqa_model_info", info)] == 1  # livemax over the two workers
+
+
+def test_overhead_bench_runs_both_gateways_and_reports_ratios(reference_repository: Path) -> None:
+    """bench/metrics_overhead.py, briefly: two real gateways, alternating rounds, scraped, JSON out."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "bench/metrics_overhead.py", "--model-repository", str(reference_repository),
+           "--rounds", "2", "--requests", "24", "--scrape-interval", "0.05", "--json"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["rounds"] == 2 and result["scrapes"] >= 1
+    for kind in ("cpu", "wall"):
+        ratios = result[kind]["round_ratios"]
+        assert len(ratios) == 2
+        assert result[kind]["ratio_on_off"] > 0 and result[kind]["ms_per_image_off"] > 0  # summed: many ticks
