@@ -2,6 +2,7 @@
 
     python bench/metrics_overhead.py [--model-repository model_repository] [--name iqa] [--version latest]
         [--rounds 16] [--requests 32] [--concurrency 2] [--scrape-interval 1] [--threads 1] [--json]
+    python bench/metrics_overhead.py --micro      # microseconds per call of the recording functions
 
 Two real gateways (``uvicorn serving.app:app`` subprocesses) serve the same model, one with
 IQA_METRICS_ENABLED=true and one with false. Rounds alternate which one is loaded first (on, off,
@@ -28,6 +29,7 @@ if not __package__:  # run as `python bench/metrics_overhead.py`
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -159,6 +161,36 @@ def scraping(url: str, interval: float) -> Iterator[list[int]]:
         thread.join()
 
 
+def micro_costs(model_repository: str, name: str, version: str, n: int = 20000) -> dict[str, float]:
+    """Microseconds per call of the recording functions, in-process, on the model's reference."""
+    from prometheus_client import CollectorRegistry
+
+    from serving.metrics import GatewayMetrics
+    from serving.model_store import resolve_model_version
+    from serving.pipeline import ScoreResult
+
+    model = resolve_model_version(Path(model_repository), name, version)
+    metrics = GatewayMetrics(CollectorRegistry())
+    metrics.set_model(model.info, model.metadata)
+    timings = {"decode": 0.01, "validate": 1e-6, "preprocess": 0.002, "infer": 0.05, "postprocess": 1e-5}
+    result = ScoreResult(score=55.0, crops=5, timings=timings)
+    metrics.drift_config = dataclasses.replace(metrics.drift_config, recompute_every=n + 1)  # timed apart
+    for _ in range(metrics.drift_config.window):
+        metrics.observe_result(result)  # a full window for update_drift
+    calls = {
+        "observe_result (no drift recompute)": (lambda: metrics.observe_result(result), n),
+        "observe_request": (lambda: metrics.observe_request("/score", 200, 0.05), n),
+        "update_drift (PSI + KS of a full window)": (metrics.update_drift, n // 100),
+    }
+    out = {}
+    for label, (call, repeats) in calls.items():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        out[label] = 1e6 * (time.perf_counter() - start) / repeats
+    return out
+
+
 def _ratio(a: float, b: float) -> float:
     """a / b; NaN when b is 0 (a round shorter than one CPU clock tick)."""
     return a / b if b > 0 else math.nan
@@ -176,7 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="IQA_ORT_INTRA_OP_THREADS of each gateway")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--micro", action="store_true", help="only time the recording functions in-process")
     args = p.parse_args(argv)
+    if args.micro:
+        for label, us in micro_costs(args.model_repository, args.name, args.version).items():
+            print(f"{label}: {us:.1f} us per call")
+        return 0
 
     images = photo_jpegs(args.images)
     common = {
