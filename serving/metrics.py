@@ -9,7 +9,7 @@ metric                                     type       labels / meaning
 =========================================  =========  =====================================================
 iqa_http_requests_total                    counter    route (template, or "unmatched"), code (status code)
 iqa_http_request_duration_seconds          histogram  route; whole request, first byte in to last byte out
-iqa_http_requests_in_flight                gauge      requests being served now
+iqa_http_requests_in_flight                gauge      requests being served now (not /metrics itself)
 iqa_stage_duration_seconds                 histogram  stage (decode, validate, preprocess, infer, ...,
                                                       probe) from ``ScoreResult.timings``
 iqa_score                                  histogram  mode (plain, median, jpeg); buckets 5, 10, ..., 100

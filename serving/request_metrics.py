@@ -3,7 +3,8 @@
 A plain ASGI middleware (no ``BaseHTTPMiddleware``: no extra task or body copy per request). The route
 label is the matched route's template (``/score``), set by Starlette's router on the scope, or, for a
 request answered before routing, the template its path matches; so a client cannot create label
-values, and unknown paths share the label ``unmatched``. When metrics are off
+values, and unknown paths share the label ``unmatched``. The in-flight gauge leaves out requests to
+``/metrics`` themselves. When metrics are off
 (``serving.metrics.active()`` is None) it only passes the request on.
 """
 
@@ -17,7 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
 
-__all__ = ["RequestMetricsMiddleware", "route_label"]
+__all__ = ["METRICS_PATH", "RequestMetricsMiddleware", "route_label"]
+
+METRICS_PATH = "/metrics"
 
 
 def route_label(scope: Scope) -> str:
@@ -70,9 +73,14 @@ class RequestMetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        recorder.in_flight.inc()
+        # a scrape does not count itself: every scrape would read at least 1 (and an autoscaler on
+        # this gauge would see a pod busier than it is)
+        in_flight = scope.get("path") != METRICS_PATH
+        if in_flight:
+            recorder.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            recorder.in_flight.dec()
+            if in_flight:
+                recorder.in_flight.dec()
             recorder.observe_request(route_label(scope), status, time.perf_counter() - start)

@@ -7,8 +7,9 @@ import dataclasses
 import io
 import json
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,32 @@ def reference_repository(tiny_model_repository: Path, tmp_path_factory: pytest.T
     return root
 
 
+def _in_flight_during_a_slow_upload(url: str) -> float:
+    """iqa_http_requests_in_flight read while a /score body is still arriving (the request is in flight)."""
+    data = _png(7)
+    started = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield data[:100]
+        started.set()
+        time.sleep(1.5)
+        yield data[100:]
+
+    with ThreadPoolExecutor(1) as pool:
+        upload = pool.submit(
+            httpx.post, f"{url}/score", content=body(), headers={"content-type": "image/png"}, timeout=30
+        )
+        assert started.wait(10)
+        time.sleep(0.3)
+        text = httpx.get(f"{url}/metrics").text
+        assert upload.result().status_code == 200
+    [value] = [
+        s.value for f in text_string_to_metric_families(text) for s in f.samples
+        if s.name == "iqa_http_requests_in_flight"
+    ]  # fmt: skip
+    return value
+
+
 def test_metrics_endpoint_exposes_every_metric_after_a_scored_request(
     gateway_factory: Callable[..., Any], reference_repository: Path
 ) -> None:
@@ -240,6 +267,7 @@ def test_metrics_endpoint_exposes_every_metric_after_a_scored_request(
             scores.append(r.json()["score"])
         assert httpx.get(f"{server.url}/no/such/page").status_code == 404
         response = httpx.get(f"{server.url}/metrics")
+        assert _in_flight_during_a_slow_upload(server.url) == 1  # after the scrape the counts read
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(response.text)}
@@ -265,7 +293,7 @@ def test_metrics_endpoint_exposes_every_metric_after_a_scored_request(
     assert samples[("iqa_score_drift_psi", (("model", "iqa"),))] == pytest.approx(stats.psi, rel=1e-9)
     info = (("architecture", "tiny_iqa"), ("gate", "passed"), ("model", "iqa"), ("version", "1"))
     assert samples[("iqa_model_info", info)] == 1
-    assert samples[("iqa_http_requests_in_flight", ())] == 1  # the scrape itself
+    assert samples[("iqa_http_requests_in_flight", ())] == 0  # the scrape does not count itself
     assert any(name.startswith("process_") for name in families)  # the process collector
 
 
@@ -352,7 +380,7 @@ def test_multiprocess_mode_aggregates_every_worker(
             }
             assert samples[("iqa_http_requests_total", (("code", "200"), ("route", "/score")))] == n
             assert samples[("iqa_score_count", (("mode", "plain"),))] == n
-            assert samples[("iqa_http_requests_in_flight", ())] == 1  # livesum: the scrape itself
+            assert samples[("iqa_http_requests_in_flight", ())] == 0  # livesum; scrapes not counted
             info = (("architecture", "tiny_iqa"), ("gate", "passed"), ("model", "iqa"), ("version", "1"))
             assert samples[("iqa_model_info", info)] == 1  # livemax over the two workers
 
