@@ -192,13 +192,13 @@ class GatewayMetrics:
             child = self._stage.get(stage)
             if child is not None:
                 child.observe(seconds)
-        mode = getattr(result, "mode", "plain")
+        mode = result.mode
         score_child = self._score.get(mode)
         if score_child is not None:
             score_child.observe(result.score)
         if mode == "plain" and self._drift is not None:
             self._add_to_drift(result.score)
-        probe = getattr(result, "probe", None)
+        probe = result.probe
         if probe is not None:
             self.probes.inc()
             self.probe_abs_delta.observe(abs(probe.delta))
