@@ -23,6 +23,7 @@ import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from export.onnx_export import DEFAULT_OPSET, INPUT_NAME, MAX_BATCH, uint8_nhwc_to_float
 from training.gate.attacks.fgsm import FGSM_ALPHA, FGSM_EPS, fgsm_probe
@@ -67,15 +69,73 @@ class _GlobalMeanPool(nn.Module):
         return x.mean(dim=(2, 3), keepdim=True)
 
 
+class _HardtanhFromOutput(torch.autograd.Function):
+    """hardtanh whose backward masks the gradient with the saved *output* y: (lo < y < hi) equals
+    hardtanh_backward's (lo < x < hi) exactly, and leaves the pre-activation x unused, so ONNX Runtime
+    fuses the forward's Conv + Clip and does not keep x alive for the backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        y = F.hardtanh(x, lo, hi)
+        ctx.save_for_backward(y)
+        ctx.bounds = (lo, hi)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (y,) = ctx.saved_tensors
+        lo, hi = ctx.bounds
+        return grad * ((y > lo) & (y < hi)).to(grad.dtype), None, None  # Where is slow in ORT
+
+
+class _Hardtanh(nn.Module):
+    def __init__(self, lo: float, hi: float) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _HardtanhFromOutput.apply(x, self.lo, self.hi)
+
+
+def _fold_batch_norms(model: nn.Module) -> None:
+    """Fold every eval-mode BatchNorm2d registered right after the Conv2d that feeds it into that
+    conv's weight and bias (in place). Which conv feeds which BN is read from registration order, so
+    the caller checks the folded model against the original numerically."""
+    for module in list(model.modules()):
+        children = list(module.named_children())
+        for (_, conv), (bn_name, bn) in pairwise(children):
+            if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+                continue
+            if bn.running_mean is None or bn.running_var is None or bn.num_features != conv.out_channels:
+                continue
+            weight, bias = fuse_conv_bn_weights(
+                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+            )
+            conv.weight, conv.bias = weight, bias
+            setattr(module, bn_name, nn.Identity())
+
+
 def _trace_friendly(model: nn.Module) -> nn.Module:
-    """A frozen eval-mode copy of ``model`` whose global average pools are plain means."""
+    """A frozen eval-mode copy of ``model`` that computes the same function with a cheaper backward:
+    global average pools as plain means, batch norms folded into their convs (kept only if the copy
+    still agrees with ``model`` within 1e-4 score units), ReLU6/hardtanh masking from their output."""
     clone = copy.deepcopy(model).eval()
-    for param in clone.parameters():
-        param.requires_grad_(False)
     for module in list(clone.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1), [1, 1]):
                 setattr(module, name, _GlobalMeanPool())
+            elif isinstance(child, nn.Hardtanh):  # ReLU6 is a Hardtanh(0, 6)
+                setattr(module, name, _Hardtanh(float(child.min_val), float(child.max_val)))
+    unfolded = copy.deepcopy(clone)
+    _fold_batch_norms(clone)
+    crop = int(getattr(getattr(model, "preprocess_cfg", None), "crop_size", 64))
+    x = torch.rand((2, 3, crop, crop), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if float((clone(x) - unfolded(x)).abs().max()) > 1e-4:
+            logger.warning("batch norms not folded: the folded copy disagrees with the model")
+            clone = unfolded
+    for param in clone.parameters():
+        param.requires_grad_(False)
     return clone
 
 

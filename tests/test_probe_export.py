@@ -122,3 +122,25 @@ def test_committed_probe_is_the_shipped_models_fgsm() -> None:
     crops = parity_crops(model.preprocess_cfg, n_images=1)[:2]
     report = check_probe_parity(model, probe_dir / "2" / "model.onnx", crops, crops_per_image=2)
     assert report.clean_max_abs_diff <= 1e-3 and report.adv_image_max_abs_diff <= 1e-3
+
+
+def test_traced_copy_folds_batch_norm_and_keeps_function_and_gradient() -> None:
+    """The copy the probe traces has no batch norm and no AdaptiveAvgPool2d left, and the same output
+    and input gradient as the model (its ReLU6 masks the gradient from the saved output)."""
+    from torch import nn
+
+    from export.probe_graph import _trace_friendly
+
+    model = tiny_effnet()
+    clone = _trace_friendly(model)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.AdaptiveAvgPool2d, nn.ReLU6)) for m in clone.modules())
+    x = uint8_nhwc_to_float(torch.from_numpy(random_crops(4, seed=5)))
+    grads = []
+    for net in (model, clone):
+        xi = x.clone().requires_grad_(True)
+        out = net(xi)
+        (grad,) = torch.autograd.grad(out.sum(), xi)
+        grads.append((out.detach(), grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-3)
+    assert any(p.requires_grad for p in model.parameters())  # the model itself is left alone
