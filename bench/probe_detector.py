@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--uap-fit-images", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS, help="none: calibrate only")
+    p.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS, help="none: calibration")
     p.add_argument("--cache-dir", type=Path, default=Path("runs/probe_detector"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
