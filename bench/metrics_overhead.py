@@ -163,14 +163,19 @@ def scraping(url: str, interval: float) -> Iterator[list[int]]:
 
 def micro_costs(model_repository: str, name: str, version: str, n: int = 20000) -> dict[str, float]:
     """Microseconds per call of the recording functions, in-process, on the model's reference."""
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+    from prometheus_client.exposition import generate_latest
 
     from serving.metrics import GatewayMetrics
     from serving.model_store import resolve_model_version
     from serving.pipeline import ScoreResult
 
     model = resolve_model_version(Path(model_repository), name, version)
-    metrics = GatewayMetrics(CollectorRegistry())
+    registry = CollectorRegistry()  # what serving.metrics.activate builds in single-process mode
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    metrics = GatewayMetrics(registry)
     metrics.set_model(model.info, model.metadata)
     timings = {"decode": 0.01, "validate": 1e-6, "preprocess": 0.002, "infer": 0.05, "postprocess": 1e-5}
     result = ScoreResult(score=55.0, crops=5, timings=timings)
@@ -181,6 +186,7 @@ def micro_costs(model_repository: str, name: str, version: str, n: int = 20000) 
         "observe_result (no drift recompute)": (lambda: metrics.observe_result(result), n),
         "observe_request": (lambda: metrics.observe_request("/score", 200, 0.05), n),
         "update_drift (PSI + KS of a full window)": (metrics.update_drift, n // 100),
+        "one scrape (text exposition of the registry)": (lambda: generate_latest(registry), n // 100),
     }
     out = {}
     for label, (call, repeats) in calls.items():
