@@ -190,3 +190,15 @@ def test_grad_norm_rows_add_to_the_others_and_a_status_without_reason_shows_empt
     report["attacks"]["fgsm"] = {"status": "error"}
     [row] = check_report(report, _cfg())["failures"]
     assert row["value"] == "error ()"
+
+
+def test_required_defenses_fail_when_missing_or_not_ok_and_pass_when_ok() -> None:
+    cfg = {**_cfg(), "defenses": {"required": True}}
+    report = _report()
+    [row] = check_report(report, cfg)["failures"]
+    assert (row["section"], row["metric"], row["value"]) == ("defenses", "status", "not run (missing)")
+    report["defenses"] = {"status": "ok"}
+    assert check_report(report, cfg)["passed"]
+    report["defenses"] = {"status": "error", "reason": "boom"}
+    assert check_report(report, cfg)["failures"][0]["value"] == "error (boom)"
+    assert check_report(report, {**cfg, "defenses": {"required": False}})["passed"]

@@ -56,7 +56,6 @@ def test_fgsm_probe_clean_score_is_clamped_to_the_models_range_and_its_midpoint_
     clean, _, delta = fgsm_probe(tenths, x)
     assert clean.tolist() == pytest.approx([3.0, 7.0])
     assert float(delta[0].min()) > 0 and float(delta[1].max()) < 0
-    assert torch.equal(FGSM()(tenths, x) - x, delta)  # the attack itself switches at 5 too
 
     class Bare(nn.Module):  # no preprocess_cfg, no score: the raw output is served
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,3 +64,13 @@ def test_fgsm_probe_clean_score_is_clamped_to_the_models_range_and_its_midpoint_
     clean, adv, delta = fgsm_probe(Bare(), x)
     assert clean.tolist() == pytest.approx([70.0, 190.0])
     assert torch.allclose(adv, Bare()(x + delta))
+
+
+def test_fgsm_switches_l_mid_at_the_models_own_midpoint() -> None:
+    """On [0, 10] the switch is 5: a score of 7 is pushed down (at the default 50 it would go up)."""
+    tenths = PatternScorer(bias=0.0, gain=10.0, pattern=torch.ones(1, 3, 16, 16), score_range=(0.0, 10.0))
+    x = torch.full((2, 3, 16, 16), 0.3)
+    x[1] = 0.7
+    delta = FGSM()(tenths, x) - x
+    assert float(delta[0].min()) > 0 and float(delta[1].max()) < 0
+    assert torch.equal(delta, fgsm_probe(tenths, x)[2])
