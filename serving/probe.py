@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 PROBE_SUFFIX = "_probe"
 MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
-OUTPUTS = ("clean_score", "adv_score", "perturbation")
+OUTPUTS = ("clean_score", "adv_score", "perturbation")  # the probe graph's outputs
 # Used only when neither IQA_PROBE_THRESHOLD nor the probe's metadata.json gives one (docs/PROBE.md).
 DEFAULT_THRESHOLD = 1.0
 
