@@ -195,8 +195,10 @@ def test_grad_norm_rows_add_to_the_others_and_a_status_without_reason_shows_empt
 def test_required_defenses_fail_when_missing_or_not_ok_and_pass_when_ok() -> None:
     cfg = {**_cfg(), "defenses": {"required": True}}
     report = _report()
-    [row] = check_report(report, cfg)["failures"]
-    assert (row["section"], row["metric"], row["value"]) == ("defenses", "status", "not run (missing)")
+    verdict = check_report(report, cfg)
+    assert verdict["failures"] == [{"section": "defenses", "metric": "status", "passed": False, "op": "==",
+                                    "threshold": "ok", "value": "not run (missing)"}]
+    assert verdict["rows"][-1] == verdict["failures"][0] and not verdict["passed"]
     report["defenses"] = {"status": "ok"}
     assert check_report(report, cfg)["passed"]
     report["defenses"] = {"status": "error", "reason": "boom"}
