@@ -29,6 +29,7 @@ __all__ = [
     "ModelLoadError",
     "NotReady",
     "Overloaded",
+    "ProbeUnavailable",
     "ServingError",
     "ShuttingDown",
     "TooLarge",
@@ -100,6 +101,16 @@ class ImageTooSmall(ServingError):
     code = "image_too_small"
 
 
+class ProbeUnavailable(ServingError):
+    """``?probe=true`` on a model version that has no probe model (``<name>_probe/<version>``): 422.
+
+    A client error, not a 5xx: the deployment does not offer the probe for this version, and asking
+    again will not change that (pin a version that has one, or score without the probe).
+    """
+
+    code = "probe_unavailable"
+
+
 class _RetryLater(ServingError):
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -150,6 +161,7 @@ HTTP_STATUS: dict[type[ServingError], int] = {
     TooLarge: 413,
     Unsupported: 415,
     ImageTooSmall: 422,
+    ProbeUnavailable: 422,
     Overloaded: 429,  # load shedding: not a replica fault, so proxies don't eject the replica
     NotReady: 503,
     BackendDown: 503,

@@ -14,7 +14,7 @@ like the pipeline does and reports::
 
 The probe runs embedded in ONNX Runtime for every backend, IQA_BACKEND=triton included (Triton can
 serve the same graph as ``iqa_probe``; the gateway does not call it). A model version without a
-probe folder serves scores as before; asking it for a probe gets 503 ``probe_unavailable``.
+probe folder serves scores as before; asking it for a probe gets 422 ``probe_unavailable``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from serving.errors import InternalError, ModelLoadError, NotReady
+from serving.errors import InternalError, ModelLoadError, NotReady, ProbeUnavailable
 from serving.model_store import ModelVersion
 from serving.settings import Settings
 
@@ -59,12 +59,6 @@ METADATA_FILE = "metadata.json"
 OUTPUTS = ("clean_score", "adv_score", "perturbation")  # the probe graph's outputs
 # Used only when neither IQA_PROBE_THRESHOLD nor the probe's metadata.json gives one (docs/PROBE.md).
 DEFAULT_THRESHOLD = 1.0
-
-
-class ProbeUnavailable(NotReady):
-    """The served model version has no probe model (``<name>_probe/<version>``): 503."""
-
-    code = "probe_unavailable"
 
 
 @dataclass(frozen=True)
@@ -146,7 +140,7 @@ class Prober:
     def run(self, crops: np.ndarray, score: float | None = None, perturbation: bool = False) -> ProbeResult:
         """Probe one image's uint8 crops; ``score`` is the served score (None: the probe's clean pass)."""
         if self._session is None:
-            raise ProbeUnavailable("the probe model is not loaded")
+            raise NotReady("the probe model is not loaded")
         clean, adv, delta = self._session.run(list(OUTPUTS), {"image": np.ascontiguousarray(crops)})
         lo, hi = self.score_range
         adv_score = min(max(float(np.mean(adv, dtype=np.float64)), lo), hi)

@@ -115,9 +115,9 @@ def test_perturbation_png_is_the_amplified_first_crop(
     assert {28, 228} <= set(np.unique(pixels).tolist()) <= {28, 128, 228}
 
 
-def test_probe_without_a_probe_model_is_503(tiny_gateway: GatewayServer, photos: list[bytes]) -> None:
+def test_probe_without_a_probe_model_is_422(tiny_gateway: GatewayServer, photos: list[bytes]) -> None:
     response = httpx.post(f"{tiny_gateway.url}/score?probe=true", content=photos[0],
                           headers={"Content-Type": "image/png"}, timeout=60)
-    assert response.status_code == 503
+    assert response.status_code == 422
     assert response.json()["error"]["code"] == "probe_unavailable"
     assert "probe" not in _post(tiny_gateway, photos[0])

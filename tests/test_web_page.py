@@ -177,7 +177,7 @@ def test_page_shows_the_score_of_an_upload(
         assert _text(browser, "probe-state") == "probe unavailable on this gateway"
     else:
         error = probed.json()["error"]
-        assert (probed.status_code, error["code"]) == (503, "probe_unavailable")
+        assert (probed.status_code, error["code"]) == (422, "probe_unavailable")
         assert _text(browser, "probe-state") == f"probe unavailable: {error['message']}"
     assert _text(browser, "delta") == ""
     assert not browser.find_element("id", "perturbation-figure").is_displayed()

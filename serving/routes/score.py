@@ -73,7 +73,8 @@ _OPENAPI_BODY = {
             401: "IQA_API_KEYS is set and the request has no valid key",
             413: "body over IQA_MAX_BODY_BYTES or image over the pixel limit",
             415: "unsupported content type or no multipart 'file' part",
-            422: "image smaller than IQA_MIN_IMAGE_SIDE; invalid query parameters",
+            422: "image smaller than IQA_MIN_IMAGE_SIDE; ?probe=true on a version without a probe "
+            "model; invalid query parameters",
             429: "overloaded: every scoring slot busy and the queue full (Retry-After)",
             503: "model not ready, backend unavailable, or shutting down (Retry-After)",
             504: "past IQA_REQUEST_TIMEOUT_S or IQA_DECODE_TIMEOUT_S",
