@@ -5,7 +5,10 @@ its probe (``iqa/1``, ``iqa_probe/1``) for real-gateway tests."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +73,28 @@ def random_crops(n: int, seed: int = 0, size: int = 64) -> np.ndarray:
     return np.clip(base + ramp + noise, 0, 255).astype(np.uint8)
 
 
+_BUILT: dict[int, Path] = {}  # seed -> a repository built once per test process (export takes ~20 s)
+
+
 def write_probe_repository(root: Path, threshold: float = 1.0, seed: int = 0) -> Path:
     """``root/iqa/1`` (the scorer graph of ``tiny_effnet(seed)``) and ``root/iqa_probe/1`` (its probe,
-    through export/probe_export.py with ``threshold`` recorded as the calibrated one)."""
+    through export/probe_export.py with ``threshold`` recorded as the calibrated one).
+
+    The export runs once per seed and test process; later calls copy it and rewrite only the recorded
+    threshold, so several test modules share one build."""
+    if seed not in _BUILT:
+        build_dir = Path(tempfile.mkdtemp(prefix=f"probe_repository_{seed}_"))
+        atexit.register(shutil.rmtree, build_dir, True)
+        _BUILT[seed] = _build(build_dir, seed)
+    shutil.copytree(_BUILT[seed], root, dirs_exist_ok=True)
+    meta_path = root / "iqa_probe" / "1" / "metadata.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["threshold"] = {"abs_delta": threshold, "note": "test fixture"}
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    return root
+
+
+def _build(root: Path, seed: int) -> Path:
     from export.onnx_export import export_onnx
     from export.probe_export import write_probe_version
 
@@ -84,5 +106,5 @@ def write_probe_repository(root: Path, threshold: float = 1.0, seed: int = 0) ->
     meta["preprocess"] = PROBE_PREPROCESS.to_dict()
     (version / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
     write_probe_version(root, "iqa", 1, model, crops=random_crops(5, seed=99),
-                        threshold={"abs_delta": threshold, "note": "test fixture"})
+                        threshold={"abs_delta": 1.0, "note": "test fixture"})
     return root
