@@ -204,3 +204,9 @@ def test_required_defenses_fail_when_missing_or_not_ok_and_pass_when_ok() -> Non
     report["defenses"] = {"status": "error", "reason": "boom"}
     assert check_report(report, cfg)["failures"][0]["value"] == "error (boom)"
     assert check_report(report, {**cfg, "defenses": {"required": False}})["passed"]
+
+
+def test_a_required_defenses_section_without_reason_shows_an_empty_one() -> None:
+    report = {**_report(), "defenses": {"status": "error"}}
+    [row] = check_report(report, {**_cfg(), "defenses": {"required": True}})["failures"]
+    assert row["value"] == "error ()"
