@@ -1,7 +1,8 @@
 """Which one-gradient probe statistic separates attacked from clean images? (docs/PROBE.md, issue 13)
 
     python bench/probe_statistics.py [--manifest data/full/manifest.csv] [--version 2]
-        [--skip 150] [--images 24] [--attacks fgsm pgd_2] [--attack-crops 1] [--json out.json]
+        [--skip 150] [--images 24] [--attacks fgsm pgd_2] [--attack-crops 1]
+        [--calibration-images 150 [--false-flag 0.01]] [--json out.json]
 
 The served probe reports Δ+ = score(x + ε·s) − score(x), s = sign ∇ₓ L_mid at x (the gate's FGSM step,
 delivered on the 8-bit grid). This experiment computes, in torch on the shipped model, statistics
@@ -148,6 +149,13 @@ def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
     return {s: round(float(np.median([r[s] for r in rows])), 3) for s in STATISTICS}
 
 
+def _rates(rows: dict[str, list[dict[str, float]]], thresholds: dict[str, dict[str, float]]
+           ) -> dict[str, dict[str, float]]:
+    """Share of images whose statistic exceeds its threshold, per aggregate and statistic."""
+    return {agg: {s: round(float(np.mean([r[s] > t for r in rows[agg]])), 3) for s, t in th.items()}
+            for agg, th in thresholds.items()}
+
+
 def auc_table(clean: dict[str, list[dict[str, float]]], adv: dict[str, list[dict[str, float]]]
               ) -> dict[str, dict[str, float]]:
     labels = np.r_[np.zeros(len(clean["all"])), np.ones(len(adv["all"]))]
@@ -165,6 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--surrogate", default="runs/surrogate/best.pt")
     p.add_argument("--skip", type=int, default=150, help="images of the seeded test order to skip")
     p.add_argument("--images", type=int, default=24)
+    p.add_argument("--calibration-images", type=int, default=0,
+                   help="first N images of the order (N <= --skip): per statistic a threshold at the "
+                        "(1 - --false-flag) quantile of their values, and each attack's detection rate at it")
+    p.add_argument("--false-flag", type=float, default=0.01)
     p.add_argument("--attacks", nargs="*", default=["fgsm", "pgd_2"], choices=ATTACKS)
     p.add_argument("--attack-crops", type=int, default=1, help="crops the attacks see (default: centre)")
     p.add_argument("--uap-fit-images", type=int, default=32)
@@ -188,6 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"model": f"{args.name}/{args.version}", "images": len(data),
                               "attack_crops": args.attack_crops, "attacks": {},
                               "clean_median": _medians(clean["all"])}
+    thresholds: dict[str, dict[str, float]] = {}
+    if args.calibration_images:
+        if args.calibration_images > args.skip:
+            raise SystemExit("--calibration-images must not exceed --skip (the sets would overlap)")
+        cal_data = load_split(args.manifest, "test", cfg, args.calibration_images, args.seed)
+        cal = statistics_set(model, cal_data.images, cfg)
+        thresholds = {agg: {s: float(np.quantile([r[s] for r in cal[agg]], 1.0 - args.false_flag))
+                            for s in STATISTICS} for agg in AGGREGATES}
+        report["calibration"] = {"images": args.calibration_images, "quantile": 1.0 - args.false_flag,
+                                 "thresholds": thresholds,
+                                 "false_flag_rate_detection_set": _rates(clean, thresholds)}
     gate = yaml.safe_load(Path(args.gate_config).read_text())
     # eval(): a new nn.Module is in train mode, and the attacks' eval_mode() puts the wrapper's mode
     # back on the whole tree, which would leave the model in train mode (batch statistics) afterwards.
@@ -204,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["attacks"][name] = {
             "auc": auc_table(clean, adv),
             "attacked_median": _medians(adv["all"]),
+            **({"detection_rate": _rates(adv, thresholds)} if thresholds else {}),
             "seconds": round(time.perf_counter() - t0, 1),
         }
         print(name, json.dumps(report["attacks"][name]), flush=True)
