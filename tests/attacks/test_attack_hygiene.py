@@ -63,6 +63,23 @@ def test_mode_restored_no_param_grads_delivered(
     assert_delivered(x, x_adv, EPS.get(name))
 
 
+def test_attack_leaves_a_wrapped_eval_model_in_eval_mode(model: nn.Module, images: torch.Tensor) -> None:
+    """A fresh CropScorer around an eval-mode model: the attack must not flip the model to train mode
+    (its BatchNorm statistics would then change on the next forward)."""
+    from training.gate.scoring import CropScorer
+    from training.preprocessing import PreprocessConfig
+
+    with_bn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(1))
+    with_bn(images[:2, :, :32, :32])  # materialise the lazy layer at the crop size
+    with_bn.eval()
+    scorer = CropScorer(with_bn, PreprocessConfig(short_side=32, crop_size=32, num_eval_crops=1))
+    assert not scorer.training
+    wrapper = nn.Sequential(with_bn)  # a wrapper in train mode around the eval model
+    create_attack("pgd", steps=2)(scorer, images[:2])
+    create_attack("fgsm")(wrapper, images[:2, :, :32, :32])
+    assert wrapper.training and not any(m.training for m in with_bn.modules())
+
+
 def test_run_attack_result_and_chunking(model: nn.Module, images: torch.Tensor) -> None:
     attack = create_attack("fgsm")
     whole = run_attack(attack, model, images)

@@ -41,6 +41,7 @@ class CropScorer(nn.Module):
             cfg = dataclasses.replace(cfg, num_eval_crops=int(num_eval_crops))
         self.model = model
         self.preprocess_cfg = cfg  # read by the attacks (L_mid's midpoint) and the R metric
+        self.training = model.training  # mirror the wrapped model (a new Module starts in train mode)
 
     @property
     def num_crops(self) -> int:

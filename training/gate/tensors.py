@@ -33,13 +33,18 @@ def model_device(model: nn.Module) -> torch.device:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode and put its previous train/eval mode back afterwards."""
-    was_training = model.training
+    """Run ``model`` in eval mode and put every submodule's own train/eval mode back afterwards.
+
+    Restoring per module, not ``model.train(was_training)``: a wrapper whose flag differs from its
+    children's (a fresh ``CropScorer`` around an eval-mode model) would otherwise leave the wrapped
+    model in train mode, and a later forward would overwrite its BatchNorm statistics."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
