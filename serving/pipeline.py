@@ -84,10 +84,7 @@ class Scorer:
         if robust is not None:
             return self._score_robust(data, robust, probe, perturbation)
         timings: dict[str, float] = {}
-        with _timed(timings, "decode"):
-            image = self._decode(data)
-        with _timed(timings, "validate"):
-            self._validate(image)
+        image = self._decode_validated(data, timings)
         with _timed(timings, "preprocess"):
             crops = eval_crops(resize_canonical(image, self.cfg), self.cfg)
         with _timed(timings, "infer"):
@@ -109,10 +106,7 @@ class Scorer:
         self, data: bytes, robust: RobustMode, probe: bool = False, perturbation: bool = False
     ) -> ScoreResult:
         timings: dict[str, float] = {}
-        with _timed(timings, "decode"):
-            image = self._decode(data)
-        with _timed(timings, "validate"):
-            self._validate(image)
+        image = self._decode_validated(data, timings)
         with _timed(timings, "preprocess"):
             canonical = resize_canonical(image, self.cfg)
         with _timed(timings, "infer"):
@@ -133,6 +127,14 @@ class Scorer:
         c = self.cfg.crop_size
         batch = np.full((self.cfg.num_eval_crops, c, c, 3), 128, dtype=np.uint8)
         self._postprocess(np.asarray(self.backend.infer(batch), dtype=np.float32).reshape(-1), len(batch))
+
+    def _decode_validated(self, data: bytes, timings: dict[str, float]) -> np.ndarray:
+        """The decode and validate stages, timed into ``timings`` (shared by plain and robust scoring)."""
+        with _timed(timings, "decode"):
+            image = self._decode(data)
+        with _timed(timings, "validate"):
+            self._validate(image)
+        return image
 
     def _decode(self, data: bytes) -> np.ndarray:
         started = time.perf_counter()
