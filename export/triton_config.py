@@ -29,11 +29,14 @@ from string import Template
 from export.onnx_export import INPUT_NAME, OUTPUT_NAME
 
 __all__ = [
+    "BATCHING_BLOCK",
     "DEFAULT_EXECUTION_ENV",
     "DEFAULT_MAX_BATCH_SIZE",
     "DEFAULT_QUEUE_DELAY_US",
     "INSTANCE_KINDS",
     "VERSION_POLICY",
+    "WARMUP_BLOCK",
+    "check_batching",
     "render_config",
     "render_cpu_config",
     "render_torchscript_config",
@@ -74,13 +77,14 @@ output [
 ]
 """
 
-_BATCHING = """\
+# The dynamic-batching and warm-up blocks every crop-input config shares (also export/probe_triton.py).
+BATCHING_BLOCK = """\
 dynamic_batching {
   max_queue_delay_microseconds: $queue_delay_us
 }
 """
 
-_WARMUP = """\
+WARMUP_BLOCK = """\
 model_warmup [
   {
     name: "zeros_${crop}x${crop}"
@@ -110,7 +114,7 @@ max_batch_size: $max_batch_size
 version_policy: $version_policy
 """
     + _IO
-    + _BATCHING
+    + BATCHING_BLOCK
     + """\
 instance_group [
   {
@@ -119,7 +123,7 @@ instance_group [
   }
 ]
 """
-    + _WARMUP
+    + WARMUP_BLOCK
 )
 
 _CPU_TEMPLATE = Template(
@@ -132,7 +136,7 @@ max_batch_size: $max_batch_size
 version_policy: $version_policy
 """
     + _IO
-    + _BATCHING
+    + BATCHING_BLOCK
     + """\
 instance_group [
   {
@@ -151,7 +155,7 @@ parameters [
   }
 ]
 """
-    + _WARMUP
+    + WARMUP_BLOCK
 )
 
 _TORCHSCRIPT_TEMPLATE = Template(
@@ -180,7 +184,7 @@ output [
   }
 ]
 """
-    + _BATCHING
+    + BATCHING_BLOCK
     + """\
 instance_group [
   {
@@ -219,7 +223,8 @@ def validate_model_name(name: str) -> str:
     return name
 
 
-def _check(name: str, max_batch_size: int, queue_delay_us: int) -> None:
+def check_batching(name: str, max_batch_size: int, queue_delay_us: int) -> None:
+    """A valid model name, a batch axis (max_batch_size >= 1) and a non-negative queue delay."""
     validate_model_name(name)
     if max_batch_size < 1:
         raise ValueError("max_batch_size must be >= 1 (the graph has a batch axis)")
@@ -236,7 +241,7 @@ def render_config(
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> str:
     """The onnxruntime-backend ``config.pbtxt`` of the ONNX serving graph; warm-up uses one zero crop."""
-    _check(name, max_batch_size, queue_delay_us)
+    check_batching(name, max_batch_size, queue_delay_us)
     if kind not in INSTANCE_KINDS.values():
         raise ValueError(f"instance kind must be one of {sorted(INSTANCE_KINDS.values())}, not {kind!r}")
     return _CONFIG_TEMPLATE.substitute(
@@ -261,7 +266,7 @@ def render_cpu_config(
     intra_op_threads: int = 0,
 ) -> str:
     """The Python-backend variant (``configs/cpu.pbtxt``): same I/O, same batching, ONNX Runtime inside."""
-    _check(name, max_batch_size, queue_delay_us)
+    check_batching(name, max_batch_size, queue_delay_us)
     return _CPU_TEMPLATE.substitute(
         name=name,
         max_batch_size=max_batch_size,
@@ -283,7 +288,7 @@ def render_torchscript_config(
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
 ) -> str:
     """The pytorch-backend variant (``configs/torchscript.pbtxt``) on ``model.pt`` (float NCHW input)."""
-    _check(name, max_batch_size, queue_delay_us)
+    check_batching(name, max_batch_size, queue_delay_us)
     return _TORCHSCRIPT_TEMPLATE.substitute(
         name=name,
         max_batch_size=max_batch_size,
