@@ -34,21 +34,15 @@ import io
 import json
 import math
 import os
-import socket
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
 from PIL import Image
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def photo_jpegs(n: int, side: int = 512) -> list[bytes]:
@@ -67,55 +61,10 @@ def photo_jpegs(n: int, side: int = 512) -> list[bytes]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads), from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
-class Gateway:
-    url: str
-    pid: int
-
-
-@contextlib.contextmanager
-def gateway(env: dict[str, str], timeout: float = 120.0) -> Iterator[Gateway]:
-    """A ``uvicorn serving.app:app`` subprocess on a free loopback port, once ready."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--no-access-log"]  # fmt: skip
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("IQA_")} | env
-    full_env["PYTHONPATH"] = str(REPO_ROOT)
-    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
-    process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"gateway exited: {log.read().decode(errors='replace')[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("gateway not ready")
-            time.sleep(0.2)
-        yield Gateway(url, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
 
 
 def load_round(url: str, images: list[bytes], requests: int, concurrency: int) -> float:
@@ -222,17 +171,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     images = photo_jpegs(args.images)
-    common = {
-        "IQA_MODEL_REPOSITORY": str(Path(args.model_repository).resolve()),
-        "IQA_MODEL_NAME": args.name,
-        "IQA_MODEL_VERSION": args.version,
-        "IQA_ORT_INTRA_OP_THREADS": str(args.threads),
-        "IQA_LOG_LEVEL": "warning",
-    }
+    from tests.conftest import GatewayServer, run_gateway  # the gateway subprocess the tests and benches use
+
+    common = {"IQA_ORT_INTRA_OP_THREADS": str(args.threads), "IQA_LOG_LEVEL": "warning"}
     wall: dict[str, list[float]] = {"on": [], "off": []}
     cpu: dict[str, list[float]] = {"on": [], "off": []}
     scrapes = 0
     on_env, off_env = common | {"IQA_METRICS_ENABLED": "true"}, common | {"IQA_METRICS_ENABLED": "false"}
+    repository = Path(args.model_repository).resolve()
+    quiet = ("--log-level", "warning", "--no-access-log")
+
+    def gateway(env: dict[str, str]) -> contextlib.AbstractContextManager[GatewayServer]:
+        return run_gateway(repository, model_name=args.name, model_version=args.version, env=env,
+                           uvicorn_args=quiet)  # fmt: skip
+
     with gateway(on_env) as on, gateway(off_env) as off:
         servers = {"on": on, "off": off}
         assert httpx.get(f"{on.url}/metrics").status_code == 200
@@ -245,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scrape = which == "on" and args.scrape_interval > 0
                 with contextlib.ExitStack() as stack:
                     count = stack.enter_context(scraping(server.url, args.scrape_interval)) if scrape else [0]
-                    cpu0 = cpu_seconds(server.pid)
+                    cpu0 = cpu_seconds(server.process.pid)
                     wall[which].append(load_round(server.url, images, args.requests, args.concurrency))
-                    cpu[which].append(cpu_seconds(server.pid) - cpu0)
+                    cpu[which].append(cpu_seconds(server.process.pid) - cpu0)
                 scrapes += count[0]
 
     result: dict[str, object] = {
