@@ -53,6 +53,7 @@ def load_scorer(settings: Settings) -> Scorer:
     )
     scorer.warm_up()
     scorer.prober = load_prober(model, settings)  # None when the version has no <name>_probe
+    metrics.model_loaded(backend.model_info, model.metadata)  # model info, gate verdict, drift reference
     return scorer
 
 
@@ -67,7 +68,6 @@ async def _load_into(state: ModelState, settings: Settings) -> None:
         state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
         logger.exception("model load failed with an unexpected error")
         return
-    await run_in_threadpool(metrics.model_loaded, settings, scorer.backend.model_info)
     state.scorer, state.status = scorer, "ready"
     info = scorer.backend.model_info
     logger.info(

@@ -28,10 +28,10 @@ The drift gauges appear once the window holds IQA_DRIFT_MIN_SCORES scores and ar
 IQA_DRIFT_RECOMPUTE_EVERY plain scores (O(window log window), amortised to microseconds per request).
 
 Process wiring: the app's lifespan calls ``activate(settings)`` (None when IQA_METRICS_ENABLED is
-false: nothing is recorded and ``/metrics`` answers 404), ``model_loaded(...)`` after the model is
-ready, and ``deactivate()`` at shutdown. The score route calls ``observe_result(result)`` once per
-scored image. Each activation registers its metrics on a private ``CollectorRegistry``; tests build
-``GatewayMetrics(CollectorRegistry())`` directly.
+false: nothing is recorded and ``/metrics`` answers 404), the model loader ``model_loaded(info,
+metadata)`` with the metadata it already parsed, and the lifespan ``deactivate()`` at shutdown. The
+score route calls ``observe_result(result)`` once per scored image. Each activation registers its
+metrics on a private ``CollectorRegistry``; tests build ``GatewayMetrics(CollectorRegistry())`` directly.
 
 Multiprocess (uvicorn --workers N): with ``PROMETHEUS_MULTIPROC_DIR`` set (an empty, writable folder,
 before the workers start) prometheus-client keeps every value in per-process files and ``/metrics``
@@ -301,20 +301,11 @@ def observe_result(result: ScoreResult) -> None:
         metrics.observe_result(result)
 
 
-def model_loaded(settings: Settings, info: ModelInfo) -> None:
-    """Set the model info and the drift reference from the served version's metadata.json."""
+def model_loaded(info: ModelInfo, metadata: Mapping[str, Any]) -> None:
+    """Set the model info and the drift reference from the served version's parsed metadata.json."""
     metrics = _active
-    if metrics is None:
-        return
-    from serving.errors import ModelLoadError
-    from serving.model_store import resolve_model_version
-
-    try:
-        metadata = resolve_model_version(settings.model_repository, info.name, info.version).metadata
-    except ModelLoadError as exc:
-        logger.warning("metrics: cannot read the model's metadata (%s); no gate verdict, no drift", exc)
-        metadata = {}
-    metrics.set_model(info, metadata)
+    if metrics is not None:
+        metrics.set_model(info, metadata)
 
 
 def exposition(accept: str | None) -> tuple[bytes, str] | None:
