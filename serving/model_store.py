@@ -21,7 +21,14 @@ from serving.backends.base import ModelInfo
 from serving.errors import ModelLoadError
 from training.preprocessing import PreprocessConfig
 
-__all__ = ["METADATA_FILE", "MODEL_FILE", "ModelVersion", "list_versions", "resolve_model_version"]
+__all__ = [
+    "METADATA_FILE",
+    "MODEL_FILE",
+    "ModelVersion",
+    "list_versions",
+    "read_metadata",
+    "resolve_model_version",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +85,7 @@ def resolve_model_version(repository: Path, name: str, version: str | int = "lat
                 f"available: {versions}"
             )
     path = repository / name / str(chosen)
-    metadata = _read_metadata(path / METADATA_FILE)
+    metadata = read_metadata(path / METADATA_FILE)
     preprocess = _preprocess_config(metadata, path / METADATA_FILE)
     if metadata.get("version") not in (None, chosen):
         logger.warning(
@@ -90,7 +97,8 @@ def resolve_model_version(repository: Path, name: str, version: str | int = "lat
     return ModelVersion(name=name, version=chosen, path=path, preprocess=preprocess, metadata=metadata)
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
+def read_metadata(path: Path) -> dict[str, Any]:
+    """A ``metadata.json`` as a dict; ModelLoadError (one line) when missing or not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

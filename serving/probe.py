@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import logging
 import math
 import random
@@ -34,7 +33,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from serving.errors import InternalError, ModelLoadError, NotReady, ProbeUnavailable
-from serving.model_store import ModelVersion
+from serving.model_store import ModelVersion, read_metadata
 from serving.settings import Settings
 
 __all__ = [
@@ -101,7 +100,7 @@ class Prober:
     ) -> None:
         self.model_path = Path(model_path)
         self.score_range = score_range
-        self.metadata = self._read_metadata(self.model_path.parent / METADATA_FILE)
+        self.metadata = read_metadata(self.model_path.parent / METADATA_FILE)
         probe_meta = self.metadata.get("probe") or {}
         self.epsilon = float(probe_meta.get("eps", 0.005))
         calibrated = (self.metadata.get("threshold") or {}).get("abs_delta")
@@ -109,14 +108,6 @@ class Prober:
         self._intra_op_threads = intra_op_threads
         self._use_cuda = use_cuda
         self._session: Any = None
-
-    @staticmethod
-    def _read_metadata(path: Path) -> dict[str, Any]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"probe metadata {path} is not readable JSON: {exc}") from None
-        return data if isinstance(data, dict) else {}
 
     def load(self) -> None:
         import onnxruntime as ort
@@ -167,7 +158,7 @@ def load_prober(model: ModelVersion, settings: Settings) -> Prober | None:
     """Load and warm up the probe of the served version, or None (logged) when it has none."""
     path = probe_model_path(settings.model_repository, model.name, model.version)
     if not path.is_file():
-        logger.info("no probe model at %s: /score?probe=true answers 503", path)
+        logger.info("no probe model at %s: /score?probe=true answers 422 probe_unavailable", path)
         if settings.probe_rate > 0:
             logger.warning("IQA_PROBE_RATE=%g but no probe model: nothing is probed", settings.probe_rate)
         return None
