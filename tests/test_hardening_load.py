@@ -169,15 +169,31 @@ def test_overload_is_shed_fast_and_never_hangs(limited_gateway) -> None:  # type
     assert max(result.latencies(200)) < 0.5 + 2.0
 
 
-def test_latency_at_70_percent_load(limited_gateway) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def queued_gateway(costly_model_repository: Path):  # type: ignore[no-untyped-def]
+    """As ``limited_gateway`` but with a queue of 4: with 2 slots and a queue of 2, Poisson arrivals at
+    70% load find all 4 places taken often enough (M/M/2/4 blocks ~10% of arrivals; ~5% measured,
+    right at this test's bound) that 'almost nothing is shed' failed about one run in four."""
+    env = {
+        "IQA_ORT_INTRA_OP_THREADS": "1",
+        "IQA_MAX_CONCURRENCY": "2",
+        "IQA_MAX_QUEUE": "4",
+        "IQA_QUEUE_TIMEOUT_S": "0.5",
+        "IQA_LOG_LEVEL": "warning",
+    }
+    with run_gateway(costly_model_repository, model_version=2, env=env) as server:
+        yield server
+
+
+def test_latency_at_70_percent_load(queued_gateway) -> None:  # type: ignore[no-untyped-def]
     """Capacity from a closed loop at the slot count; then Poisson arrivals at 70% of it. On a shared
     2-core machine the client, the server and other jobs share the cores, so the bound asserted is
     looser than the 3x target; the measured ratio is printed."""
     data = jpeg_bytes()
-    capacity = run_closed_loop(limited_gateway.url, data, concurrency=2, requests=60)
+    capacity = run_closed_loop(queued_gateway.url, data, concurrency=2, requests=60)
     assert capacity.statuses() == {200: 60}
     rate = 0.7 * len(capacity.answers) / capacity.wall_s
-    result = run_open_loop(limited_gateway.url, data, rate_per_s=rate, requests=150, threads=16, seed=1)
+    result = run_open_loop(queued_gateway.url, data, rate_per_s=rate, requests=150, threads=16, seed=1)
     lat = result.latencies(200)
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     print(
