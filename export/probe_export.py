@@ -1,7 +1,8 @@
 """Write the FGSM self-probe of an exported scorer version into the model repository as ``<name>_probe``.
 
     python export/probe_export.py --model-repository model_repository --name iqa --version 2 \\
-        [--checkpoint runs/v2_nt/best.pt] [--threshold 1.0 --threshold-note "..."] [--force]
+        [--checkpoint runs/v2_nt/best.pt] [--threshold 17 --linearity-threshold 0.9 --threshold-note "..."]
+        [--force]
 
 Writes ``<repository>/<name>_probe/<version>/`` (model.onnx, metadata.json, model.py) through a
 staging folder renamed into place after the parity check (ONNX Runtime vs the gate's FGSM in torch on
@@ -9,8 +10,8 @@ evaluation crops of the scikit-image sample photos, ≤ 1e-3 score units), then 
 configs (export/probe_triton.py). The weights are the scorer version's: ``--checkpoint``, else the
 checkpoint its metadata names when that file exists, else its TorchScript ``model.pt`` loaded into the
 registered architecture; in every case their digest must equal the gate's ``weights_sha256`` in the
-scorer's metadata (when recorded). ``--threshold`` records the calibrated ``|delta|`` threshold the
-gateway uses by default (docs/PROBE.md). See docs/PROBE.md.
+scorer's metadata (when recorded). ``--threshold`` / ``--linearity-threshold`` record the calibrated
+``|delta|`` and linearity thresholds the gateway flags with by default (docs/PROBE.md). See docs/PROBE.md.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def write_probe_version(
                     {"name": OUTPUT_NAMES[0], "dtype": "float32", "shape": ["N"]},
                     {"name": OUTPUT_NAMES[1], "dtype": "float32", "shape": ["N"]},
                     {"name": OUTPUT_NAMES[2], "dtype": "float32", "shape": crop_shape},
+                    {"name": OUTPUT_NAMES[3], "dtype": "float32", "shape": ["N"]},
                 ],
             },
             "parity": parity.to_dict(),
@@ -171,6 +173,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", type=int, required=True, help="the scorer version (also the probe's)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="weights (default: see module doc)")
     parser.add_argument("--threshold", type=float, default=None, help="calibrated |delta| to record")
+    parser.add_argument(
+        "--linearity-threshold", type=float, default=None, help="calibrated linearity statistic to record"
+    )
     parser.add_argument("--threshold-note", default="", help="how the threshold was calibrated (recorded)")
     parser.add_argument("--force", action="store_true", help="replace an existing probe version")
     return parser
@@ -186,8 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_version_model(version_dir, args.checkpoint)
         scorer_meta = json.loads((version_dir / METADATA_FILE).read_text(encoding="utf-8"))
         threshold = None
-        if args.threshold is not None:
-            threshold = {"abs_delta": args.threshold, "note": args.threshold_note}
+        if args.threshold is not None or args.linearity_threshold is not None:
+            threshold = {
+                "abs_delta": args.threshold,
+                "linearity": args.linearity_threshold,
+                "note": args.threshold_note,
+            }
         target = write_probe_version(
             args.model_repository,
             args.name,

@@ -6,6 +6,8 @@ Graph contract (``iqa_probe``; the input is the ``iqa`` graph's, at the model's 
     clean_score:  float32 [N]           model.score(x), as the iqa graph serves it
     adv_score:    float32 [N]           model.score of the delivered FGSM image (8-bit, within ±ε)
     perturbation: float32 [N, C, C, 3]  x_adv − x in [0, 1] pixel units (NHWC, like the input)
+    grad_l1:      float32 [N]           ‖∇ₓ L_mid‖₁ of each crop, the gradient the step follows
+                                        (score points per unit of [0, 1] pixel value)
 
 How (docs/PROBE.md): ``make_fx`` traces ``training.gate.attacks.fgsm.fgsm_probe`` with a symbolic
 batch, recording the backward pass autograd runs; the decomposition table rewrites the backward ops
@@ -53,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("clean_score", "adv_score", "perturbation")
+OUTPUT_NAMES = ("clean_score", "adv_score", "perturbation", "grad_l1")
 PROBE_PARITY_TOLERANCE = 1e-3  # score units on 0..100, ONNX Runtime vs the gate's FGSM in torch
 _aten = torch.ops.aten
 
@@ -209,17 +211,18 @@ DECOMPOSITIONS = {
 
 
 class _ProbeFunction(nn.Module):
-    """uint8 NHWC crops -> (clean score, FGSM score, NHWC perturbation), as ``fgsm_probe`` computes them."""
+    """uint8 NHWC crops -> (clean score, FGSM score, NHWC perturbation, gradient ℓ1 norm), as
+    ``fgsm_probe`` computes them."""
 
     def __init__(self, model: nn.Module, eps: float, alpha: float, objective: str) -> None:
         super().__init__()
         self.model = model
         self.eps, self.alpha, self.objective = eps, alpha, objective
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = uint8_nhwc_to_float(image)
-        clean, adv, delta = fgsm_probe(self.model, x, self.eps, self.alpha, self.objective)
-        return clean, adv, delta.permute(0, 2, 3, 1)
+        clean, adv, delta, grad_l1 = fgsm_probe(self.model, x, self.eps, self.alpha, self.objective)
+        return clean, adv, delta.permute(0, 2, 3, 1), grad_l1
 
 
 class _Traced(nn.Module):
@@ -227,9 +230,9 @@ class _Traced(nn.Module):
         super().__init__()
         self.graph_module = graph
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        clean, adv, delta = self.graph_module(image)
-        return clean, adv, delta
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        clean, adv, delta, grad_l1 = self.graph_module(image)
+        return clean, adv, delta, grad_l1
 
 
 def probe_in_torch(
@@ -238,7 +241,7 @@ def probe_in_torch(
     eps: float = FGSM_EPS,
     alpha: float = FGSM_ALPHA,
     objective: str = "mid",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """The probe's outputs computed eagerly in torch (the reference of the parity check)."""
     with torch.no_grad():
         return _ProbeFunction(model.eval(), eps, alpha, objective)(image)
@@ -313,7 +316,7 @@ def check_probe_contract(path: Path, crop_size: int) -> None:
         raise ProbeContractError(
             f"input must be [N, {crop_size}, {crop_size}, 3] with a dynamic N, got {in_dims}"
         )
-    expected = {"clean_score": 1, "adv_score": 1, "perturbation": 4}
+    expected = {"clean_score": 1, "adv_score": 1, "perturbation": 4, "grad_l1": 1}
     for out in graph.output:
         dims = _dims(out)
         if out.type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != expected[out.name]:
@@ -326,13 +329,15 @@ def check_probe_contract(path: Path, crop_size: int) -> None:
 class ProbeParity:
     """ONNX Runtime vs torch over the parity crops: the largest |difference| of the clean and the
     adversarial crop scores, of the image scores (means of ``crops_per_image`` consecutive crops, what
-    the gateway serves), and the share of perturbation pixels whose FGSM sign differs."""
+    the gateway serves), the share of perturbation pixels whose FGSM sign differs, and the largest
+    relative difference of the gradient's ℓ1 norms."""
 
     n_crops: int
     clean_max_abs_diff: float
     adv_max_abs_diff: float
     adv_image_max_abs_diff: float
     perturbation_mismatch: float
+    grad_l1_max_rel_diff: float = 0.0
     tolerance: float = PROBE_PARITY_TOLERANCE
 
     def to_dict(self) -> dict[str, Any]:
@@ -342,6 +347,7 @@ class ProbeParity:
             "adv_max_abs_diff": self.adv_max_abs_diff,
             "adv_image_max_abs_diff": self.adv_image_max_abs_diff,
             "perturbation_mismatch": self.perturbation_mismatch,
+            "grad_l1_max_rel_diff": self.grad_l1_max_rel_diff,
             "tolerance": self.tolerance,
         }
 
@@ -349,6 +355,7 @@ class ProbeParity:
 # A gradient component within float error of zero has no stable sign: torch itself flips ~1e-4 of the
 # pixels between 1 and 2 threads (docs/PROBE.md), which moves one crop's FGSM score by up to ~1e-3.
 MAX_PERTURBATION_MISMATCH = 1e-3
+MAX_GRAD_L1_REL_DIFF = 1e-3  # float32 sums over C·C·3 terms in a different order
 
 
 def check_probe_parity(
@@ -363,13 +370,14 @@ def check_probe_parity(
 ) -> ProbeParity:
     """Run the ONNX probe in ONNX Runtime and the gate's FGSM in torch on the same uint8 crops; raise
     ProbeContractError if a clean crop score or an image's adversarial score (mean of
-    ``crops_per_image`` crops) differs by more than ``tolerance``, or if more than 0.1 % of the
-    perturbation's pixels differ."""
+    ``crops_per_image`` crops) differs by more than ``tolerance``, if more than 0.1 % of the
+    perturbation's pixels differ, or if a crop's gradient ℓ1 norm differs by more than 0.1 %."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    clean_ort, adv_ort, delta_ort = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(crops)})
-    clean_pt, adv_pt, delta_pt = (
+    outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(crops)})
+    clean_ort, adv_ort, delta_ort, grad_ort = outputs
+    clean_pt, adv_pt, delta_pt, grad_pt = (
         t.numpy() for t in probe_in_torch(model, torch.from_numpy(crops), eps, alpha, objective)
     )
     adv_diff = np.abs(adv_ort.astype(np.float64) - adv_pt)
@@ -385,11 +393,15 @@ def check_probe_parity(
         adv_max_abs_diff=float(adv_diff.max()),
         adv_image_max_abs_diff=float(image_diff.max()),
         perturbation_mismatch=float((np.round(delta_ort * 255) != np.round(delta_pt * 255)).mean()),
+        grad_l1_max_rel_diff=float(
+            (np.abs(grad_ort.astype(np.float64) - grad_pt) / np.maximum(np.abs(grad_pt), 1e-12)).max()
+        ),
         tolerance=tolerance,
     )
     if (
         max(report.clean_max_abs_diff, report.adv_image_max_abs_diff) > tolerance
         or report.perturbation_mismatch > MAX_PERTURBATION_MISMATCH
+        or report.grad_l1_max_rel_diff > MAX_GRAD_L1_REL_DIFF
     ):
         raise ProbeContractError(f"probe graph disagrees with the gate's FGSM in torch: {report.to_dict()}")
     return report

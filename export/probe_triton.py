@@ -8,8 +8,8 @@ Layout (docs/PROBE.md, docs/TRITON.md)::
                                                (--model-config-name=cpu; the PyPI wheel's tritonserver)
 
 Inputs and outputs are the probe graph's (export/probe_graph.py) with the batch axis left to Triton:
-``image`` uint8 [C, C, 3] -> ``clean_score`` / ``adv_score`` FP32 [1] (reshaped to the graph's [N])
-and ``perturbation`` FP32 [C, C, 3]. Batching and version policy are the scorer's.
+``image`` uint8 [C, C, 3] -> ``clean_score`` / ``adv_score`` / ``grad_l1`` FP32 [1] (reshaped to the
+graph's [N]) and ``perturbation`` FP32 [C, C, 3]. Batching and version policy are the scorer's.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ output [
     name: "perturbation"
     data_type: TYPE_FP32
     dims: [ $crop, $crop, 3 ]
+  },
+  {
+    name: "grad_l1"
+    data_type: TYPE_FP32
+    dims: [ 1 ]
+    reshape: { shape: [ ] }
   }
 ]
 """

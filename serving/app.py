@@ -53,6 +53,8 @@ def load_scorer(settings: Settings) -> Scorer:
     )
     scorer.warm_up()
     scorer.prober = load_prober(model, settings)  # None when the version has no <name>_probe
+    # the embedded backend runs the scorer's graph in ONNX Runtime, as the probe graph's clean forward
+    scorer.share_probe_forward = settings.probe_share_forward and settings.backend == "onnxruntime"
     metrics.model_loaded(backend.model_info, model.metadata)  # model info, gate verdict, drift reference
     return scorer
 

@@ -18,8 +18,9 @@ iqa_score_drift_psi                        gauge      model; PSI of the last IQA
 iqa_score_drift_ks                         gauge      model; two-sample KS statistic of the same window
 iqa_score_drift_window_scores              gauge      model; scores in the window the two gauges describe
 iqa_probes_total                           counter    requests whose score was probed (FGSM self-probe)
-iqa_probe_flagged_total                    counter    probed requests flagged (|delta| > threshold)
+iqa_probe_flagged_total                    counter    probed requests flagged (delta or linearity)
 iqa_probe_abs_delta                        histogram  |adv_score - score| of probed requests (score points)
+iqa_probe_linearity                        histogram  the probe's linearity statistic (ratio; docs/PROBE.md)
 iqa_model_info                             gauge      model, version, architecture, gate (passed, failed,
                                                       ungated); value 1
 =========================================  =========  =====================================================
@@ -95,6 +96,9 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = tuple(float(b) for b in range(5, 101, 5))  # the reference histogram's 20 bins over [0, 100]
 ABS_DELTA_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0)
+# linearity: the FGSM step's score change over its first-order prediction, max over crops (clean
+# images: median ~0.35, calibrated threshold ~0.8; docs/PROBE.md)
+LINEARITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,11 @@ class GatewayMetrics:
             "iqa_probe_abs_delta", "|adv_score - score| of probed requests, in score points.",
             buckets=ABS_DELTA_BUCKETS, registry=r,
         )  # fmt: skip
+        self.probe_linearity = Histogram(
+            "iqa_probe_linearity", "Probe linearity of probed requests: max over crops of the FGSM step's "
+            "score change over its first-order prediction (ratio).",
+            buckets=LINEARITY_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_info = Gauge(
             "iqa_model_info", "The served model: name, version, architecture and gate verdict (value 1).",
             ["model", "version", "architecture", "gate"], registry=r, multiprocess_mode="livemax",
@@ -202,6 +211,8 @@ class GatewayMetrics:
         if probe is not None:
             self.probes.inc()
             self.probe_abs_delta.observe(abs(probe.delta))
+            if probe.linearity is not None and math.isfinite(probe.linearity):
+                self.probe_linearity.observe(probe.linearity)
             if probe.flagged:
                 self.probe_flagged.inc()
 

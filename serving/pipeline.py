@@ -74,6 +74,9 @@ class Scorer:
         self.min_side = max(int(min_side), 1)  # IQA_MIN_IMAGE_SIDE: smaller images get 422
         self.decode_timeout_s = decode_timeout_s  # IQA_DECODE_TIMEOUT_S: checked when the decode ends
         self.prober: Prober | None = None  # the FGSM self-probe (serving/probe.py); set by the app
+        # True: a probed request takes its score from the probe graph's clean forward instead of a
+        # separate inference (the embedded backend runs the same graph; set by the app, docs/PROBE.md)
+        self.share_probe_forward = False
 
     def score(
         self, data: bytes, robust: RobustMode | None = None, probe: bool = False, perturbation: bool = False
@@ -87,6 +90,8 @@ class Scorer:
         image = self._decode_validated(data, timings)
         with _timed(timings, "preprocess"):
             crops = eval_crops(resize_canonical(image, self.cfg), self.cfg)
+        if probe and self.share_probe_forward and self.prober is not None:
+            return self._score_probed(crops, timings, perturbation)
         with _timed(timings, "infer"):
             scores = np.asarray(self.backend.infer(crops), dtype=np.float32).reshape(-1)
         with _timed(timings, "postprocess"):
@@ -101,6 +106,17 @@ class Scorer:
             raise ProbeUnavailable("this model version has no probe model (<name>_probe/<version>)")
         with _timed(timings, "probe"):
             return self.prober.run(crops, score, perturbation)
+
+    def _score_probed(self, crops: np.ndarray, timings: dict[str, float], perturbation: bool) -> ScoreResult:
+        """One probe-graph call scores and probes: its clean forward is the inference (stage "probe";
+        no "infer" stage), the same crop scores as the scorer's graph to float error (docs/PROBE.md)."""
+        assert self.prober is not None
+        with _timed(timings, "probe"):
+            outputs = self.prober.infer(crops)
+        with _timed(timings, "postprocess"):
+            score = self._postprocess(np.asarray(outputs.clean, dtype=np.float32).reshape(-1), len(crops))
+        found = self.prober.evaluate(outputs, score, perturbation)
+        return ScoreResult(score=score, crops=len(crops), timings=timings, probe=found)
 
     def _score_robust(
         self, data: bytes, robust: RobustMode, probe: bool = False, perturbation: bool = False
@@ -117,9 +133,13 @@ class Scorer:
         # the probe measures the model at the image's plain crops, against its own clean pass
         found = self._probe(timings, eval_crops(canonical, self.cfg), None, perturbation) if probe else None
         return ScoreResult(
-            score=score, crops=self.cfg.num_eval_crops, timings=timings, mode=robust.name,
+            score=score,
+            crops=self.cfg.num_eval_crops,
+            timings=timings,
+            mode=robust.name,
             bounds=(cert.lower, cert.upper) if cert is not None else None,
-            radius=cert.radius if cert is not None else None, probe=found,
+            radius=cert.radius if cert is not None else None,
+            probe=found,
         )
 
     def warm_up(self) -> None:

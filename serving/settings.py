@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     # value recorded in <name>_probe/<version>/metadata.json).
     probe_rate: float = Field(0.0, ge=0, le=1)
     probe_threshold: float | None = Field(None, ge=0)
+    # flagged also when the probe's linearity statistic exceeds this (None: the calibrated value in the
+    # probe's metadata.json; docs/PROBE.md "Linearity")
+    probe_linearity_threshold: float | None = Field(None, ge=0)
+    # a probed request is scored by the probe graph's clean forward (one graph call, no separate
+    # inference); only with the embedded backend (IQA_BACKEND=triton always scores on Triton)
+    probe_share_forward: bool = True
 
     # Prometheus metrics on /metrics (serving/metrics.py, docs/METRICS.md). Drift: PSI and KS of the
     # last drift_window plain scores against metadata.json's reference scores (drift_bins quantile

@@ -76,9 +76,12 @@ def random_crops(n: int, seed: int = 0, size: int = 64) -> np.ndarray:
 _BUILT: dict[int, Path] = {}  # seed -> a repository built once per test process (export takes ~20 s)
 
 
-def write_probe_repository(root: Path, threshold: float = 1.0, seed: int = 0) -> Path:
+def write_probe_repository(
+    root: Path, threshold: float = 1.0, seed: int = 0, linearity_threshold: float | None = None
+) -> Path:
     """``root/iqa/1`` (the scorer graph of ``tiny_effnet(seed)``) and ``root/iqa_probe/1`` (its probe,
-    through export/probe_export.py with ``threshold`` recorded as the calibrated one).
+    through export/probe_export.py with ``threshold`` and ``linearity_threshold`` recorded as the
+    calibrated ones; None: no linearity threshold, so linearity never flags).
 
     The export runs once per seed and test process; later calls copy it and rewrite only the recorded
     threshold, so several test modules share one build."""
@@ -89,7 +92,7 @@ def write_probe_repository(root: Path, threshold: float = 1.0, seed: int = 0) ->
     shutil.copytree(_BUILT[seed], root, dirs_exist_ok=True)
     meta_path = root / "iqa_probe" / "1" / "metadata.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["threshold"] = {"abs_delta": threshold, "note": "test fixture"}
+    meta["threshold"] = {"abs_delta": threshold, "linearity": linearity_threshold, "note": "test fixture"}
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
     return root
 

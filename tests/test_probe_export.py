@@ -49,9 +49,12 @@ def test_fgsm_probe_is_the_gates_fgsm() -> None:
     the served scores of the clean and the delivered images; mse has no gradient at x: no change."""
     model = tiny_effnet()
     x = uint8_nhwc_to_float(torch.from_numpy(random_crops(6)))
-    clean, adv, delta = fgsm_probe(model, x)
+    clean, adv, delta, grad_l1 = fgsm_probe(model, x)
     x_adv = create_attack("fgsm")(model, x)
     assert torch.equal(x + delta, x_adv)
+    xi = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xi).sum(), xi)  # |∇ L_mid| = |∇ f| whichever side of the midpoint
+    torch.testing.assert_close(grad_l1, grad.abs().flatten(1).sum(1))
     assert torch.equal(clean, model.score(x).detach())
     assert torch.allclose(adv, model.score(x_adv).detach(), atol=1e-5)
     assert float(delta.abs().max()) == pytest.approx(1 / 255, abs=1e-6)  # ε = 0.005 -> one 8-bit level
@@ -65,10 +68,11 @@ def test_onnx_probe_matches_the_gates_fgsm_for_any_batch(tiny_probe: Path) -> No
     model = tiny_effnet()
     for n in (1, 7):
         crops = random_crops(n, seed=n)
-        clean, adv, delta = _run(tiny_probe, crops)
+        clean, adv, delta, grad_l1 = _run(tiny_probe, crops)
         x = uint8_nhwc_to_float(torch.from_numpy(crops))
         x_adv = create_attack("fgsm")(model, x)
-        assert clean.shape == adv.shape == (n,) and delta.shape == (n, 64, 64, 3)
+        assert clean.shape == adv.shape == grad_l1.shape == (n,) and delta.shape == (n, 64, 64, 3)
+        np.testing.assert_allclose(grad_l1, fgsm_probe(model, x)[3].numpy(), rtol=1e-4)
         np.testing.assert_allclose(clean, model.score(x).detach().numpy(), atol=1e-3)
         np.testing.assert_allclose(adv, model.score(x_adv).detach().numpy(), atol=1e-3)
         np.testing.assert_allclose(delta, (x_adv - x).permute(0, 2, 3, 1).numpy(), atol=1e-6)

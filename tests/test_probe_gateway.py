@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from serving.probe import Prober, probe_model_path
+from serving.probe import Prober, linearity, probe_model_path
 from tests.conftest import GatewayServer
 from tests.probe_fixtures import PROBE_PREPROCESS, random_crops, tiny_effnet, write_probe_repository
 from training.gate.attacks import create_attack
+from training.gate.attacks.fgsm import fgsm_probe
 from training.preprocessing import decode_image, eval_crops, resize_canonical
 
 THREADS = {"IQA_ORT_INTRA_OP_THREADS": "1"}
@@ -69,12 +70,34 @@ def test_probe_returns_the_gates_fgsm_score(
             assert probe["adv_score"] == pytest.approx(expected, abs=1e-3)
             assert probe["delta"] == pytest.approx(probe["adv_score"] - body["score"], abs=1e-9)
             assert abs(probe["delta"]) > 1e-3  # the step moves this model's score
-            assert probe["epsilon"] == 0.005 and probe["flagged"] is False
+            assert probe["epsilon"] == 0.005 and probe["flagged"] is False and probe["flagged_by"] == []
+            clean, adv, _, grad_l1 = fgsm_probe(model.eval(), x)
+            ratios = (adv - clean).abs() / (grad_l1 / 255)  # ε = 0.005: one 8-bit level per pixel
+            assert probe["linearity"] == pytest.approx(float(ratios.max()), rel=1e-3)
             assert "perturbation_png" not in probe
             assert body["timings"]["probe"] > 0
             plain = _post(server, data, timings="true")
             assert "probe" not in plain and "probe" not in plain["timings"]
-            assert plain["score"] == pytest.approx(body["score"], abs=1e-6)
+            # shared forward: the probe graph's clean pass scored the probed request (no "infer" stage),
+            # the scorer graph the plain one; they agree to float32 rounding
+            assert "infer" not in body["timings"] and "infer" in plain["timings"]
+            assert plain["score"] == pytest.approx(body["score"], abs=1e-4)
+
+
+def test_without_a_shared_forward_the_probed_score_is_the_scorers(
+    probe_repository: Path, photos: list[bytes], gateway_factory: Callable[..., Any]
+) -> None:
+    """IQA_PROBE_SHARE_FORWARD=false: a probed request runs the scorer too, so its score is exactly the
+    plain request's, and the probe's result is the same as with the shared forward."""
+    env = {**THREADS, "IQA_PROBE_SHARE_FORWARD": "false"}
+    with gateway_factory(probe_repository, env=env) as server:
+        body = _post(server, photos[0], probe="true", timings="true")
+        plain = _post(server, photos[0])
+    assert {"infer", "probe"} <= set(body["timings"])
+    assert body["score"] == plain["score"]
+    prober = Prober(probe_model_path(probe_repository, "iqa", 1), score_range=(0.0, 100.0))
+    prober.load()
+    assert body["probe"]["adv_score"] == pytest.approx(prober.run(_crops(photos[0])).adv_score, abs=1e-6)
 
 
 def test_flag_follows_the_threshold_and_rate_one_probes_every_request(
@@ -95,6 +118,45 @@ def test_flag_follows_the_threshold_and_rate_one_probes_every_request(
     assert sorted(p["flagged"] for p in probes) == [False, True]
     for p, d in zip(probes, deltas, strict=True):
         assert abs(p["delta"]) == pytest.approx(d, abs=1e-4)
+
+
+def test_linearity_flags_on_its_own_threshold_and_the_calibrated_one_is_the_default(
+    tmp_path: Path, photos: list[bytes], gateway_factory: Callable[..., Any]
+) -> None:
+    """A linearity threshold between the two photos' linearity flags the larger one, by "linearity"
+    alone (|delta|'s threshold is 1e9); from IQA_PROBE_LINEARITY_THRESHOLD and, unset, from the
+    threshold the probe's metadata records."""
+    path = probe_model_path(write_probe_repository(tmp_path / "probe", threshold=1e9), "iqa", 1)
+    prober = Prober(path, score_range=(0.0, 100.0))
+    prober.load()
+    values = [prober.run(_crops(data)).linearity for data in photos]
+    assert all(v is not None for v in values) and abs(values[0] - values[1]) > 1e-3
+    middle = (values[0] + values[1]) / 2
+    expected = [["linearity"] if v > middle else [] for v in values]
+    configured = write_probe_repository(tmp_path / "configured", threshold=1e9)
+    recorded = write_probe_repository(tmp_path / "recorded", threshold=1e9, linearity_threshold=middle)
+    env = {**THREADS, "IQA_PROBE_RATE": "1"}
+    for repository, extra in ((configured, {"IQA_PROBE_LINEARITY_THRESHOLD": repr(middle)}), (recorded, {})):
+        with gateway_factory(repository, env={**env, **extra}) as server:
+            probes = [_post(server, data)["probe"] for data in photos]
+        assert [p["flagged_by"] for p in probes] == expected
+        assert [p["flagged"] for p in probes] == [bool(e) for e in expected]
+        assert [p["linearity"] for p in probes] == pytest.approx(values, rel=1e-6)
+    with gateway_factory(configured, env=env) as server:  # no threshold anywhere: reported, never flags
+        assert [_post(server, data)["probe"]["flagged"] for data in photos] == [False, False]
+
+
+def test_linearity_is_the_largest_crop_ratio_of_the_step_to_its_first_order_prediction() -> None:
+    """|Δ| / (‖∇‖₁ · 1/255) per crop, max over crops; a crop with no gradient counts 0 when its score
+    did not move and inf when it did; ε below one 8-bit level takes no step."""
+    clean = np.array([50.0, 60.0, 70.0])
+    adv = np.array([52.0, 57.0, 70.0])
+    grad = np.array([255.0, 255.0 * 6, 0.0])  # first-order predictions 1 and 6 points
+    assert linearity(clean, adv, grad, 0.005) == pytest.approx(2.0)
+    assert linearity(clean, adv, grad, 2.5 / 255) == pytest.approx(1.0)  # two levels: predictions 2, 12
+    assert linearity(clean[2:], adv[2:], grad[2:], 0.005) == 0.0
+    assert linearity(clean[:1], adv[:1], np.zeros(1), 0.005) == float("inf")
+    assert linearity(clean[:1], adv[:1], grad[:1], 0.5 / 255) == float("inf")
 
 
 def test_perturbation_png_is_the_amplified_first_crop(

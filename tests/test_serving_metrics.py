@@ -114,8 +114,10 @@ def test_shipped_model_reference_is_usable() -> None:
 # -- GatewayMetrics on a private registry ---------------------------------------------------------
 
 
-def _probed(result: ScoreResult, delta: float, flagged: bool) -> ScoreResult:
-    probe = ProbeResult(adv_score=result.score + delta, delta=delta, epsilon=1 / 255, flagged=flagged)
+def _probed(result: ScoreResult, delta: float, flagged: bool, linearity: float | None = None) -> ScoreResult:
+    probe = ProbeResult(
+        adv_score=result.score + delta, delta=delta, epsilon=1 / 255, flagged=flagged, linearity=linearity
+    )
     return dataclasses.replace(result, probe=probe)
 
 
@@ -137,13 +139,17 @@ def test_observe_result_records_stages_score_and_probe() -> None:
     assert _value(registry, "iqa_score_sum", mode="plain") == 42.0
     assert _value(registry, "iqa_probes_total") == 0
 
-    m.observe_result(_probed(ScoreResult(score=60.0, crops=5, timings={"probe": 0.05}), -7.5, True))
-    m.observe_result(_probed(ScoreResult(score=60.0, crops=5), 0.5, False))
-    assert _value(registry, "iqa_probes_total") == 2
+    m.observe_result(_probed(ScoreResult(score=60.0, crops=5, timings={"probe": 0.05}), -7.5, True, 0.85))
+    m.observe_result(_probed(ScoreResult(score=60.0, crops=5), 0.5, False, float("inf")))  # not observed
+    m.observe_result(_probed(ScoreResult(score=60.0, crops=5), 0.5, False))  # an older graph: no linearity
+    assert _value(registry, "iqa_probes_total") == 3
     assert _value(registry, "iqa_probe_flagged_total") == 1
-    assert _value(registry, "iqa_probe_abs_delta_sum") == pytest.approx(8.0)  # |−7.5| + |0.5|
-    assert _value(registry, "iqa_probe_abs_delta_bucket", le="0.5") == 1
-    assert _value(registry, "iqa_probe_abs_delta_bucket", le="7.5") == 2
+    assert _value(registry, "iqa_probe_abs_delta_sum") == pytest.approx(8.5)  # |−7.5| + |0.5| + |0.5|
+    assert _value(registry, "iqa_probe_abs_delta_bucket", le="0.5") == 2
+    assert _value(registry, "iqa_probe_abs_delta_bucket", le="7.5") == 3
+    assert _value(registry, "iqa_probe_linearity_count") == 1
+    assert _value(registry, "iqa_probe_linearity_bucket", le="0.8") == 0
+    assert _value(registry, "iqa_probe_linearity_bucket", le="0.9") == 1
     assert _value(registry, "iqa_stage_duration_seconds_count", stage="probe") == 1
     assert list(SCORE_BUCKETS) == [5.0 * i for i in range(1, 21)]
 
@@ -206,6 +212,7 @@ EXPECTED_NAMES = {
     "iqa_probes": "counter",
     "iqa_probe_flagged": "counter",
     "iqa_probe_abs_delta": "histogram",
+    "iqa_probe_linearity": "histogram",
     "iqa_model_info": "gauge",
 }
 

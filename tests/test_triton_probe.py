@@ -15,7 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from export.triton_server import TritonServer
 from serving.model_store import resolve_model_version
-from serving.probe import OUTPUTS, probe_model_path
+from serving.probe import GRAD_OUTPUT, OUTPUTS, probe_model_path
 from tests.triton_fixtures import MODEL_REPOSITORY, photo_bytes, start_server
 from training.preprocessing import preprocess_bytes
 
@@ -33,7 +33,7 @@ def _infer(url: str, crops: np.ndarray) -> dict[str, np.ndarray]:
     tensor = grpcclient.InferInput("image", list(crops.shape), "UINT8")
     tensor.set_data_from_numpy(crops)
     result = grpcclient.InferenceServerClient(url).infer("iqa_probe", [tensor])
-    return {name: result.as_numpy(name) for name in OUTPUTS}
+    return {name: result.as_numpy(name) for name in (*OUTPUTS, GRAD_OUTPUT)}
 
 
 def test_triton_probe_equals_the_gateways_embedded_probe(server: TritonServer) -> None:
@@ -45,8 +45,10 @@ def test_triton_probe_equals_the_gateways_embedded_probe(server: TritonServer) -
     with ThreadPoolExecutor(2) as pool:  # concurrent: the dynamic batcher may merge them
         answers = list(pool.map(lambda c: _infer(server.grpc_url, c), crops))
     for c, answer in zip(crops, answers, strict=True):
-        clean, adv, delta = session.run(list(OUTPUTS), {"image": c})
-        assert answer["clean_score"].shape == answer["adv_score"].shape == (len(c), 1)
+        clean, adv, delta, grad_l1 = session.run([*OUTPUTS, GRAD_OUTPUT], {"image": c})
+        for name in ("clean_score", "adv_score", "grad_l1"):
+            assert answer[name].shape == (len(c), 1)
+        np.testing.assert_allclose(answer["grad_l1"].reshape(-1), grad_l1, rtol=1e-3)
         assert answer["perturbation"].shape == c.shape
         np.testing.assert_allclose(answer["clean_score"].reshape(-1), clean, atol=1e-3)
         np.testing.assert_allclose(answer["adv_score"].reshape(-1), adv, atol=1e-3)

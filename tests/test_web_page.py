@@ -267,6 +267,7 @@ def test_page_shows_the_probe_of_the_shipped_model(
     probe = api["probe"]
     assert _text(browser, "delta") == f"{'+' if probe['delta'] >= 0 else ''}{probe['delta']:.2f}"
     assert _text(browser, "adv-score") == f"{probe['adv_score']:.2f}"
+    assert _text(browser, "linearity") == f"{probe['linearity']:.2f}"
     assert _text(browser, "probe-state").startswith("FLAGGED" if probe["flagged"] else "not flagged")
     perturbation = Image.open(io.BytesIO(base64.b64decode(probe["perturbation_png"])))
     assert perturbation.width > 0

@@ -1,5 +1,5 @@
 // The gateway's upload page: POST the image to score?probe=true&perturbation=true (same origin) and
-// show the score, the probe's delta and flag, and the amplified FGSM perturbation.
+// show the score, the probe's delta, linearity and flag, and the amplified FGSM perturbation.
 "use strict";
 
 const DIGITS = 2; // the precision every score on the page is shown with
@@ -61,12 +61,14 @@ function showProbe(probe, note) {
     $("perturbation").removeAttribute("src");
     return;
   }
+  const by = (probe.flagged_by || []).join(" and ");
   $("probe-state").textContent = probe.flagged
-    ? "FLAGGED: one FGSM step moves the score by more than the gateway's threshold (fragile; may be adversarial)"
-    : "not flagged: one FGSM step moves the score by no more than the gateway's threshold";
+    ? `FLAGGED by ${by || "the probe"}: one FGSM step moves the score more than the gateway's threshold allows (may be adversarial)`
+    : "not flagged: one FGSM step moves the score within the gateway's thresholds";
   const delta = Number(probe.delta);
   $("delta").textContent = (delta >= 0 ? "+" : "") + delta.toFixed(DIGITS);
   $("adv-score").textContent = Number(probe.adv_score).toFixed(DIGITS);
+  $("linearity").textContent = probe.linearity == null ? "n/a" : Number(probe.linearity).toFixed(DIGITS);
   const eps = Number(probe.epsilon);
   $("epsilon").textContent = `${eps.toPrecision(3)} (${(eps * 255).toFixed(1)}/255)`;
   details.hidden = false;

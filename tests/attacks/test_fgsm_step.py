@@ -30,9 +30,10 @@ def test_fgsm_step_is_one_projected_sign_step_from_the_clean_prediction() -> Non
 def test_fgsm_probe_is_the_delivered_fgsm_with_its_served_scores() -> None:
     model = PatternScorer(bias=45.0, gain=300.0)
     x = grid_images(4, seed=3)
-    clean, adv, delta = fgsm_probe(model, x)
+    clean, adv, delta, grad_l1 = fgsm_probe(model, x)
     delivered = FGSM()(model, x)
     assert torch.equal(delta, delivered - x)
+    assert torch.allclose(grad_l1, torch.full((4,), 300.0))  # ∇ = gain·w/numel with |w| = 1: ‖∇‖₁ = gain
     with torch.no_grad():
         assert torch.allclose(clean, model.score(x)) and torch.allclose(adv, model.score(delivered))
     eps = 2.6 / 255  # not a whole number of levels: plain rounding of x ± ε would leave the ball
@@ -46,14 +47,14 @@ def test_fgsm_probe_is_the_delivered_fgsm_with_its_served_scores() -> None:
 def test_fgsm_probe_clean_score_is_clamped_to_the_models_range_and_its_midpoint_is_used() -> None:
     x = grid_images(2, seed=4)
     above = PatternScorer(bias=130.0)
-    clean, adv, _ = fgsm_probe(above, x)
+    clean, adv, *_ = fgsm_probe(above, x)
     assert clean.tolist() == [100.0, 100.0] and adv.tolist() == [100.0, 100.0]
-    clean, adv, _ = fgsm_probe(PatternScorer(bias=-30.0), x)
+    clean, adv, *_ = fgsm_probe(PatternScorer(bias=-30.0), x)
     assert clean.tolist() == [0.0, 0.0] and adv.tolist() == [0.0, 0.0]
     tenths = PatternScorer(bias=0.0, gain=10.0, pattern=torch.ones(1, 3, 16, 16), score_range=(0.0, 10.0))
     x = torch.full((2, 3, 16, 16), 0.3)
     x[1] = 0.7  # scores 3 and 7: pushed up and down around the midpoint 5
-    clean, _, delta = fgsm_probe(tenths, x)
+    clean, _, delta, _ = fgsm_probe(tenths, x)
     assert clean.tolist() == pytest.approx([3.0, 7.0])
     assert float(delta[0].min()) > 0 and float(delta[1].max()) < 0
 
@@ -61,7 +62,7 @@ def test_fgsm_probe_clean_score_is_clamped_to_the_models_range_and_its_midpoint_
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return 300.0 * x.flatten(1).mean(1) - 20.0
 
-    clean, adv, delta = fgsm_probe(Bare(), x)
+    clean, adv, delta, _ = fgsm_probe(Bare(), x)
     assert clean.tolist() == pytest.approx([70.0, 190.0])
     assert torch.allclose(adv, Bare()(x + delta))
 

@@ -1,9 +1,9 @@
 """Triton Python model ``<name>_probe`` under ``configs/cpu.pbtxt``: the version's probe graph in ORT.
 
 The same graph and contract as the onnxruntime-backend configs (``image`` uint8 [N, C, C, 3] ->
-``clean_score`` / ``adv_score`` FP32 [N, 1], ``perturbation`` FP32 [N, C, C, 3]), for Triton builds
-that ship only the Python backend (the PyPI wheel's tritonserver). Requests batched by the dynamic
-batcher run as one ONNX Runtime call and are split back, one response per request.
+``clean_score`` / ``adv_score`` / ``grad_l1`` FP32 [N, 1], ``perturbation`` FP32 [N, C, C, 3]), for
+Triton builds that ship only the Python backend (the PyPI wheel's tritonserver). Requests batched by
+the dynamic batcher run as one ONNX Runtime call and are split back, one response per request.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 ONNX_FILE = "model.onnx"
-OUTPUTS = ("clean_score", "adv_score", "perturbation")
+OUTPUTS = ("clean_score", "adv_score", "perturbation", "grad_l1")
 
 
 class TritonPythonModel:
@@ -40,7 +40,7 @@ class TritonPythonModel:
             message = f"onnxruntime: {exc}".splitlines()[0]
             error = pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
             return [pb_utils.InferenceResponse(error=error) for _ in requests]
-        clean, adv, perturbation = (np.asarray(o, dtype=np.float32) for o in outputs)
+        clean, adv, perturbation, grad_l1 = (np.asarray(o, dtype=np.float32) for o in outputs)
         responses, start = [], 0
         for array in arrays:
             end = start + len(array)
@@ -48,6 +48,7 @@ class TritonPythonModel:
                 pb_utils.Tensor("clean_score", clean[start:end].reshape(-1, 1)),
                 pb_utils.Tensor("adv_score", adv[start:end].reshape(-1, 1)),
                 pb_utils.Tensor("perturbation", perturbation[start:end]),
+                pb_utils.Tensor("grad_l1", grad_l1[start:end].reshape(-1, 1)),
             ]
             responses.append(pb_utils.InferenceResponse(tensors))
             start = end

@@ -35,7 +35,7 @@ from training.gate.attacks.objectives import Objective, check_objective, make_ob
 from training.gate.attacks.quality import adversarial_quality, score_images
 from training.gate.tensors import predict
 
-__all__ = ["FGSM", "IFGSM", "fgsm_probe", "fgsm_step", "intensity_sweep"]
+__all__ = ["FGSM", "IFGSM", "fgsm_gradient", "fgsm_probe", "fgsm_step", "intensity_sweep"]
 
 # FGSM's parameters (NT paper, Table S7); the gate's FGSM row and the gateway's probe both use them.
 FGSM_EPS = 0.005
@@ -94,19 +94,32 @@ class FGSM(IFGSM):
         return fgsm_step(model, x, objective, self.eps, self.alpha)[1]
 
 
-def fgsm_step(
-    model: nn.Module, x: torch.Tensor, objective: Objective, eps: float, alpha: float
+def fgsm_gradient(
+    model: nn.Module, x: torch.Tensor, objective: Objective
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One FGSM step from x: (y, Π_ε(x + α·sign ∇ₓ objective(f(x), y))) with y = f(x) the raw clean
-    prediction (N,), detached. One forward pass serves both y and the gradient (the label of the
-    objective is the prediction at the point the gradient is taken, as in ``sign_ascent``'s first
-    step); the result is continuous (``Attack.deliver`` / ``fgsm_probe`` put it on the 8-bit grid)."""
+    """(y, ∇ₓ objective(f(x), y)) with y = f(x) the raw clean prediction (N,), detached: one forward
+    pass serves both (the label of the objective is the prediction at the point the gradient is
+    taken, as in ``sign_ascent``'s first step)."""
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         pred = predict(model, x_in)
         y = pred.detach()
         (grad,) = torch.autograd.grad(objective(pred, y).sum(), x_in)
-    return y, project_linf(x + alpha * grad.sign(), x, eps)
+    return y, grad
+
+
+def _step(x: torch.Tensor, grad: torch.Tensor, eps: float, alpha: float) -> torch.Tensor:
+    return project_linf(x + alpha * grad.sign(), x, eps)
+
+
+def fgsm_step(
+    model: nn.Module, x: torch.Tensor, objective: Objective, eps: float, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One FGSM step from x: (y, Π_ε(x + α·sign ∇ₓ objective(f(x), y))), y and the gradient from
+    ``fgsm_gradient``; the result is continuous (``Attack.deliver`` / ``fgsm_probe`` put it on the
+    8-bit grid)."""
+    y, grad = fgsm_gradient(model, x, objective)
+    return y, _step(x, grad, eps, alpha)
 
 
 def fgsm_probe(
@@ -115,21 +128,24 @@ def fgsm_probe(
     eps: float = FGSM_EPS,
     alpha: float = FGSM_ALPHA,
     objective: str = "mid",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gate's FGSM on ``x`` (float N×3×H×W in [0, 1] on the model's device, model in eval mode)
     with its scores: (clean served score (N,), served score of the delivered FGSM image (N,),
-    perturbation x_adv − x (N×3×H×W, on the 8-bit grid within ±ε)).
+    perturbation x_adv − x (N×3×H×W, on the 8-bit grid within ±ε), ‖∇ₓ objective‖₁ per image (N,),
+    the gradient the step follows, in score units per unit of [0, 1] pixel value).
 
     Equals ``FGSM(eps, alpha, objective)(model, x)`` (test_probe_export.py checks it) without
-    ``validate_images``' data-dependent checks, so ``make_fx`` can trace it with a symbolic batch."""
+    ``validate_images``' data-dependent checks, so ``make_fx`` can trace it with a symbolic batch.
+    The gradient's ℓ1 norm gives the step's first-order prediction |Δ| ≈ ‖∇‖₁/255 on the 8-bit grid
+    (docs/PROBE.md: the gateway's linearity statistic)."""
     cfg = getattr(model, "preprocess_cfg", None)
     objective_fn = make_objective(check_objective(objective), score_midpoint(model))
-    y, x_step = fgsm_step(model, x, objective_fn, eps, alpha)
-    x_adv = quantize_in_ball(x_step, x, eps)
+    y, grad = fgsm_gradient(model, x, objective_fn)
+    x_adv = quantize_in_ball(_step(x, grad, eps, alpha), x, eps)
     clean = y.clamp(float(cfg.score_min), float(cfg.score_max)) if cfg is not None else y
     with torch.no_grad():
         adv = served_scores(model, x_adv)
-    return clean, adv, x_adv - x
+    return clean, adv, x_adv - x, grad.abs().flatten(1).sum(1)
 
 
 def intensity_sweep(
