@@ -133,10 +133,10 @@ def test_traced_copy_folds_batch_norm_and_keeps_function_and_gradient() -> None:
     and input gradient as the model (its ReLU6 masks the gradient from the saved output)."""
     from torch import nn
 
-    from export.probe_graph import _trace_friendly
+    from export.probe_rewrites import trace_friendly
 
     model = tiny_effnet()
-    clone = _trace_friendly(model)
+    clone = trace_friendly(model)
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.AdaptiveAvgPool2d, nn.ReLU6)) for m in clone.modules())
     x = uint8_nhwc_to_float(torch.from_numpy(random_crops(4, seed=5)))
     grads = []
@@ -148,3 +148,40 @@ def test_traced_copy_folds_batch_norm_and_keeps_function_and_gradient() -> None:
     torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-4, rtol=0)
     torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-3)
     assert any(p.requires_grad for p in model.parameters())  # the model itself is left alone
+
+
+class _SamePadded(torch.nn.Conv2d):
+    """EfficientNet-Lite's TF-"SAME" conv: a ``static_padding`` ZeroPad2d, then a conv with no padding."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, pads: tuple[int, ...], groups: int) -> None:
+        super().__init__(cin, cout, k, stride, 0, groups=groups, bias=False)
+        self.static_padding = torch.nn.ZeroPad2d(pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.static_padding(x))
+
+
+def test_traced_copy_folds_symmetric_same_padding_into_the_conv_and_keeps_the_asymmetric_one() -> None:
+    """A stride-1 ZeroPad2d(1) + 3x3 conv becomes one Conv2d(padding=1) (no crop in its backward); the
+    stride-2 (0, 1, 0, 1) one stays; output and input gradient are unchanged."""
+    from torch import nn
+
+    from export.probe_rewrites import trace_friendly
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        _SamePadded(3, 8, 3, 1, (1, 1, 1, 1), 1), nn.ReLU6(),
+        _SamePadded(8, 8, 3, 2, (0, 1, 0, 1), 8), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1), nn.Flatten(0),
+    ).eval()  # fmt: skip
+    clone = trace_friendly(net)
+    assert type(clone[0]) is nn.Conv2d and clone[0].padding == (1, 1)
+    assert isinstance(clone[2], _SamePadded) and clone[2].static_padding.padding == (0, 1, 0, 1)
+    x = torch.rand(3, 3, 16, 16)
+    outputs = []
+    for model in (net, clone):
+        xi = x.clone().requires_grad_(True)
+        out = model(xi)
+        outputs.append((out.detach(), torch.autograd.grad(out.sum(), xi)[0]))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs[0][1], outputs[1][1], atol=1e-7, rtol=1e-5)
