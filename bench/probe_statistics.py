@@ -41,7 +41,6 @@ if __name__ == "__main__" and not __package__:  # bench/triton.py would shadow t
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -53,7 +52,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from bench.probe_detector import ATTACKS, _attack_images, _uint8
+from bench.probe_detector import ATTACKS, _cached_attack, _uint8
 from export.probe_export import load_version_model
 from training.gate.attacks.base import quantize_in_ball, score_midpoint, served_scores
 from training.gate.attacks.fgsm import FGSM_ALPHA, FGSM_EPS
@@ -131,20 +130,6 @@ def statistics_set(model: nn.Module, images: Sequence[torch.Tensor], cfg: Prepro
     return rows
 
 
-def _cached_attack(name: str, entry: dict[str, Any], scorer: CropScorer, surrogate: CropScorer | None,
-                   data: EvalData, args: argparse.Namespace, weights: str) -> list[torch.Tensor]:
-    key = json.dumps({"attack": entry, "paths": data.paths, "crops": args.attack_crops, "weights": weights},
-                     sort_keys=True, default=str)
-    path = args.cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.is_file():
-        return [x.float().div(255.0) for x in torch.load(path)]
-    images = _attack_images(name, entry, scorer, surrogate, data, args)
-    delivered = [torch.round(x.clamp(0, 1) * 255).to(torch.uint8) for x in images]
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(delivered, path)
-    return [x.float().div(255.0) for x in delivered]
-
-
 def _medians(rows: list[dict[str, float]]) -> dict[str, float]:
     return {s: round(float(np.median([r[s] for r in rows])), 3) for s in STATISTICS}
 
@@ -192,8 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     version_dir = args.model_repository / args.name / str(args.version)
     model = load_version_model(version_dir)
     cfg = model.preprocess_cfg
-    weights = str((json.loads((version_dir / "metadata.json").read_text()).get("gate") or {})
-                  .get("weights_sha256"))
     data = load_split(args.manifest, "test", cfg, args.skip + args.images, args.seed)
     data = EvalData(data.images[args.skip :], data.mos[args.skip :], data.paths[args.skip :], data.source)
     clean = statistics_set(model, data.images, cfg)
@@ -220,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     surrogate = CropScorer(raw_surrogate, scorer.preprocess_cfg).eval() if raw_surrogate is not None else None
     for name in args.attacks:
         t0 = time.perf_counter()
-        adv_images = _cached_attack(name, gate["attacks"][name], scorer, surrogate, data, args, weights)
+        adv_images = _cached_attack(name, gate["attacks"][name], scorer, surrogate, data, args)
         if model.training:
             raise RuntimeError(f"the attack {name} left the model in train mode")
         adv = statistics_set(model, adv_images, cfg)
