@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tests.attacks.attack_fixtures import PatternModel, PatternScorer, grid_images
-from training.gate.attacks.fgsm import FGSM, fgsm_probe, fgsm_step
+from training.gate.attacks.fgsm import FGSM, fgsm_gradient, fgsm_probe, fgsm_step
 from training.gate.attacks.objectives import make_objective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,6 +25,23 @@ def test_fgsm_step_is_one_projected_sign_step_from_the_clean_prediction() -> Non
         assert torch.equal(y, model(x)) and not y.requires_grad
     direction = torch.where(y <= 50, 1.0, -1.0).view(-1, 1, 1, 1) * pattern  # L_mid pushes low scores up
     assert torch.allclose(x_step, (x + 2 / 255 * direction).clamp(0, 1), atol=1e-7)
+
+
+def test_fgsm_gradient_is_one_forward_and_the_step_follows_its_sign_within_eps() -> None:
+    """fgsm_gradient: the clean prediction and ∇ L_mid (gain·w/numel, signed by the side of the
+    midpoint); fgsm_step: x + α·sign(∇) clipped to the ε-ball (α > ε) and to [0, 1]."""
+    pattern = torch.randint(-1, 2, (1, 3, 16, 16), generator=torch.Generator().manual_seed(3)).float()
+    model = PatternModel(bias=50.0, gain=100.0, pattern=pattern)
+    x = torch.stack([0.5 - 0.2 * pattern[0], 0.5 + 0.2 * pattern[0]])  # scores below / above 50
+    y, grad = fgsm_gradient(model, x, make_objective("mid"))
+    with torch.no_grad():
+        assert torch.equal(y, model(x))
+    side = torch.where(y <= 50, 1.0, -1.0).view(-1, 1, 1, 1)
+    assert side.flatten().tolist() == [1.0, -1.0]
+    assert torch.allclose(grad, side * 100.0 * pattern / pattern[0].numel())
+    _, x_step = fgsm_step(model, x, make_objective("mid"), 1 / 255, 0.01)
+    assert torch.allclose(x_step, (x + side * pattern / 255).clamp(0, 1), atol=1e-7)
+    assert float((x_step - x).abs().max()) == pytest.approx(1 / 255, abs=1e-7)
 
 
 def test_fgsm_probe_is_the_delivered_fgsm_with_its_served_scores() -> None:
