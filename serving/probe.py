@@ -196,19 +196,11 @@ class Prober:
         lin = None
         if out.grad_l1 is not None:
             lin = linearity(np.clip(out.clean, lo, hi), np.clip(out.adv, lo, hi), out.grad_l1, self.epsilon)
-        flagged_by = tuple(
-            name
-            for name, crossed in (
-                ("delta", abs(diff) > self.threshold),
-                (
-                    "linearity",
-                    lin is not None
-                    and self.linearity_threshold is not None
-                    and lin > self.linearity_threshold,
-                ),
-            )
-            if crossed
-        )
+        flagged_by: list[str] = []
+        if abs(diff) > self.threshold:
+            flagged_by.append("delta")
+        if lin is not None and self.linearity_threshold is not None and lin > self.linearity_threshold:
+            flagged_by.append("linearity")
         return ProbeResult(
             adv_score=adv_score,
             delta=diff,
@@ -216,7 +208,7 @@ class Prober:
             flagged=bool(flagged_by),
             perturbation_png=perturbation_png(out.perturbation[0], self.epsilon) if perturbation else None,
             linearity=lin,
-            flagged_by=flagged_by,
+            flagged_by=tuple(flagged_by),
         )
 
     def run(self, crops: np.ndarray, score: float | None = None, perturbation: bool = False) -> ProbeResult:
